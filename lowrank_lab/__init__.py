@@ -1,0 +1,49 @@
+"""lowrank_lab: low-rank fine-tuning from scratch, checked against outside judges.
+
+Layer-style adapters (``inject`` a config into a model):  LoRA / rsLoRA.
+Everything a lesson needs is importable from here: ``import lowrank_lab as lrl``.
+"""
+
+from .adapters import (
+    NoMatchingModulesError,
+    adapter_layers,
+    adapter_state_dict,
+    adapters_disabled,
+    count_parameters,
+    inject,
+    merge,
+    merge_and_unload,
+    unload,
+    unmerge,
+)
+from .io import export_peft, load_adapter, save_adapter
+from .layers import AdapterConfig, AdapterLayer, LoRAConfig, LoRALinear
+from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterLayer",
+    "LoRAConfig",
+    "LoRALinear",
+    "NoMatchingModulesError",
+    "SCALES",
+    "adapter_layers",
+    "adapter_state_dict",
+    "adapters_disabled",
+    "count_parameters",
+    "export_peft",
+    "get_device",
+    "get_scale",
+    "inject",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "print_env",
+    "runs_dir",
+    "save_adapter",
+    "seed_everything",
+    "unload",
+    "unmerge",
+]

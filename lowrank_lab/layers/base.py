@@ -1,0 +1,211 @@
+"""What every layer-style adapter shares: config validation, module matching, and merge bookkeeping.
+
+A layer-style method (LoRA, Bone, Bat) wraps a frozen ``nn.Linear`` (``base_layer``) and adds a small
+trainable update. Subclasses implement ``adapter_forward`` (the unmerged forward) and the merged weight;
+this base class keeps the bookkeeping in one place:
+
+* ``merge()`` writes the update into the frozen weight, computed in fp32 and refused if non-finite
+  *before* anything is written; a second ``merge()`` warns and does nothing.
+* ``unmerge()`` undoes it (again fp32, again checked).
+* while merged or disabled, the forward is the plain base layer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation helpers: every message names the field and quotes the value.
+# ---------------------------------------------------------------------------------------------------
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def normalize_module_names(name: str, value: Any, allow_empty: bool) -> tuple[str, ...] | str:
+    """A regex string (full match on the module path) or a sequence of module-name suffixes."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name} must be a non-empty regex or list of module names, got {value!r}")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{name} is not a valid regex: {value!r} ({exc})") from None
+        return value
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a regex string or a list of module names, got {value!r}") from None
+    if not names and not allow_empty:
+        raise ValueError(f"{name} must not be empty, got {value!r}")
+    for item in names:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{name} entries must be non-empty strings, got {item!r} in {value!r}")
+    return tuple(sorted(set(names)))
+
+
+def check_rank_pattern(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict of module name -> rank, got {value!r}")
+    pattern = {}
+    for key, rank in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{name} keys must be non-empty module names, got {key!r}")
+        pattern[key] = check_positive_int(f"{name}[{key!r}]", rank)
+    return dict(sorted(pattern.items()))
+
+
+def module_matches(targets: tuple[str, ...] | str, module_name: str) -> bool:
+    """PEFT's rule: a regex string must match the whole path; a list entry matches the path or its suffix."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module_name) is not None
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def pattern_value(pattern: Mapping[str, Any], module_name: str, default: Any) -> Any:
+    """Per-module override (``rank_pattern``): the key is a module path, a path suffix or a regex suffix."""
+    for key, value in pattern.items():
+        if module_name == key or re.fullmatch(rf"(.*\.)?{key}", module_name):
+            return value
+    return default
+
+
+class AdapterConfig:
+    """Mixin for adapter configs (dataclasses). Subclasses set ``method`` and implement ``create_layer``."""
+
+    method: ClassVar[str] = ""
+
+    def create_layer(self, module_name: str, base_layer: nn.Linear) -> "AdapterLayer":
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        out = {}
+        for key, value in asdict(self).items():
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown} (written by a newer version?)")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class AdapterLayer(nn.Module):
+    """A frozen ``nn.Linear`` plus one trainable update. Subclasses define the update."""
+
+    adapter_parameter_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, base_layer: nn.Linear):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"base_layer must be an nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.merged = False
+        self.disabled = False
+
+    # The wrapped layer still looks like a Linear to code that inspects it (HF does).
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    # --- to implement --------------------------------------------------------------------------
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ΔW (out, in) in fp32, so that the adapted weight is W0 + ΔW (additive methods)."""
+        raise NotImplementedError
+
+    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """fp32 weight after merging; additive by default, Bat overrides."""
+        return weight.float() + self.delta_weight()
+
+    def unmerged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.float() - self.delta_weight()
+
+    # --- shared behaviour ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged or self.disabled:
+            return self.base_layer(x)
+        return self.adapter_forward(x)
+
+    def _checked(self, new_weight: torch.Tensor, action: str) -> torch.Tensor:
+        if not torch.isfinite(new_weight).all():
+            raise ValueError(f"{action} would write non-finite values into the weight; refusing (weight unchanged)")
+        return new_weight.to(self.base_layer.weight.dtype)
+
+    @torch.no_grad()
+    def merge_candidate(self) -> torch.Tensor:
+        """The merged weight, checked finite, without writing it."""
+        return self._checked(self.merged_weight(self.base_layer.weight), "merge")
+
+    @torch.no_grad()
+    def unmerge_candidate(self) -> torch.Tensor:
+        return self._checked(self.unmerged_weight(self.base_layer.weight), "unmerge")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            warnings.warn("Already merged; nothing to do.")
+            return
+        self.base_layer.weight.copy_(self.merge_candidate())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged; nothing to do.")
+            return
+        self.base_layer.weight.copy_(self.unmerge_candidate())
+        self.merged = False
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: getattr(self, name) for name in self.adapter_parameter_names}
+
+    def extra_repr(self) -> str:
+        return f"merged={self.merged}, disabled={self.disabled}"

@@ -1,0 +1,124 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685) and rsLoRA (Kalajdzievski 2023, arXiv 2312.03732).
+
+A frozen linear layer y = W0 x gets a low-rank update:
+
+    y = W0 x + s · B (A · dropout(x)),     A: (r, in),  B: (out, r),  ΔW = s · B · A
+
+with s = α / r (LoRA) or s = α / √r (rsLoRA, which keeps the update's scale stable as r grows).
+A starts Kaiming-uniform (the reference code's choice, U(-1/√in, 1/√in)) and B at zero, so ΔW = 0 at
+init and only B receives a gradient on the first step (∂L/∂A = s·Bᵀ·G = 0 while B = 0).
+Shapes and names match HF PEFT (``lora_A``: (r, in), ``lora_B``: (out, r)) so adapters export to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import (
+    AdapterConfig,
+    AdapterLayer,
+    check_bool,
+    check_fraction,
+    check_positive_float,
+    check_positive_int,
+    check_rank_pattern,
+    normalize_module_names,
+    pattern_value,
+)
+
+LORA_INITS = ("kaiming", "gaussian")
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """Configuration of LoRA / rsLoRA adapters; validated on construction."""
+
+    r: int = field(default=8, metadata={"help": "rank of the update (A: r×in, B: out×r)"})
+    alpha: float = field(default=8.0, metadata={"help": "scale numerator: s = alpha/r (alpha/sqrt(r) with rsLoRA)"})
+    target_modules: tuple[str, ...] | str = field(
+        default=("q_proj", "v_proj"),
+        metadata={"help": "module-name suffixes to adapt, or one regex matched against the full module path"},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch input only"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scale alpha/sqrt(r)"})
+    rank_pattern: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "per-module rank overrides {module name or suffix: r}"}
+    )
+    modules_to_save: tuple[str, ...] = field(
+        default=(), metadata={"help": "modules kept fully trainable and saved with the adapter (e.g. a new head)"}
+    )
+    init: str = field(default="kaiming", metadata={"help": "A's init: 'kaiming' (reference code) or 'gaussian'"})
+
+    method: ClassVar[str] = "lora"
+
+    def __post_init__(self):
+        check_positive_int("r", self.r)
+        self.alpha = check_positive_float("alpha", self.alpha)
+        self.target_modules = normalize_module_names("target_modules", self.target_modules, allow_empty=False)
+        self.dropout = check_fraction("dropout", self.dropout)
+        check_bool("use_rslora", self.use_rslora)
+        self.rank_pattern = check_rank_pattern("rank_pattern", self.rank_pattern)
+        modules = normalize_module_names("modules_to_save", self.modules_to_save, allow_empty=True)
+        if isinstance(modules, str):
+            raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
+        self.modules_to_save = modules
+        if self.init not in LORA_INITS:
+            raise ValueError(f"init must be one of {LORA_INITS}, got {self.init!r}")
+
+    def rank_for(self, module_name: str) -> int:
+        return pattern_value(self.rank_pattern, module_name, self.r)
+
+    def scaling_for(self, rank: int) -> float:
+        return self.alpha / math.sqrt(rank) if self.use_rslora else self.alpha / rank
+
+    def create_layer(self, module_name: str, base_layer: nn.Linear) -> "LoRALinear":
+        rank = self.rank_for(module_name)
+        return LoRALinear(base_layer, rank, self.scaling_for(rank), self.dropout, self.init)
+
+
+class LoRALinear(AdapterLayer):
+    """``nn.Linear`` + s·B·A. The forward never forms ΔW: it costs two thin matmuls, (N×in)(in×r), (N×r)(r×out)."""
+
+    adapter_parameter_names = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Linear, r: int, scaling: float, dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__(base_layer)
+        weight = base_layer.weight
+        self.r = r
+        self.scaling = scaling
+        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features, device=weight.device, dtype=weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r, device=weight.device, dtype=weight.dtype))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_parameters(init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "kaiming") -> None:
+        """A random, B = 0: the adapted model starts exactly at the base model."""
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # = U(-1/√in, 1/√in)
+        else:
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        nn.init.zeros_(self.lora_B)
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        h = F.linear(self.dropout(x), self.lora_A)
+        if result.dtype == h.dtype == self.lora_B.dtype and result.is_contiguous():
+            # Fused: result += s · h Bᵀ in one addmm, writing into the base output instead of allocating
+            # two more (N×out) tensors for the product and the scaled product. Linear's backward does not
+            # need its output, so updating it in place is safe for autograd.
+            result.view(-1, result.shape[-1]).addmm_(h.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling)
+            return result
+        return result + F.linear(h, self.lora_B) * self.scaling  # mixed dtypes (autocast): plain path
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, " + super().extra_repr()

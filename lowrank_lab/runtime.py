@@ -1,0 +1,105 @@
+"""Scales, devices, seeding and environment report: the one mechanism every lesson, test and CLI run uses.
+
+Three scales select how much work a run does:
+
+* ``smoke`` - CI, seconds, tiny data; always on CPU so numbers are reproducible.
+* ``cpu``   - a laptop, minutes, real models on a few thousand examples.
+* ``full``  - a GPU, the paper-like preset.
+
+Precedence: an explicit value (a notebook's ``SCALE`` parameter, the CLI ``--scale``) beats the
+``LOWRANK_LAB_SCALE`` environment variable, which beats auto-detection (CUDA -> ``full``, else ``cpu``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SCALES = ("smoke", "cpu", "full")
+SCALE_ENV = "LOWRANK_LAB_SCALE"
+CACHE_ENV = "LOWRANK_LAB_CACHE"
+
+
+def get_scale(override: str | None = None) -> str:
+    """Return the active scale: ``override`` > ``$LOWRANK_LAB_SCALE`` > ``full`` with CUDA else ``cpu``."""
+    scale = override or os.environ.get(SCALE_ENV) or ("full" if torch.cuda.is_available() else "cpu")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES} (argument or ${SCALE_ENV}), got {scale!r}")
+    return scale
+
+
+def get_device(scale: str | None = None) -> torch.device:
+    """``smoke`` always runs on CPU (determinism); otherwise CUDA > MPS > CPU."""
+    if get_scale(scale) == "smoke":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed python, numpy and torch (CPU and CUDA); return a torch Generator seeded the same way.
+
+    Same seed, same numbers on CPU: every random choice in lowrank_lab goes through these generators.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (``$LOWRANK_LAB_CACHE``, default ``~/.cache/lowrank_lab``)."""
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lowrank_lab")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir(*parts: str) -> Path:
+    """A folder under ``runs/`` (gitignored): the only place lessons write."""
+    path = Path("runs").joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report(scale: str | None = None) -> dict:
+    """Versions, device, threads and scale as a dict (printed by :func:`print_env`)."""
+    scale = get_scale(scale)
+    report = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "scale": scale,
+        "device": str(get_device(scale)),
+        "torch_threads": torch.get_num_threads(),
+    }
+    for dist in ("lowrank-lab", "torch", "transformers", "datasets", "safetensors", "peft", "matplotlib"):
+        report[dist] = _version(dist)
+    return report
+
+
+def print_env(scale: str | None = None) -> dict:
+    report = environment_report(scale)
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+    return report
