@@ -157,16 +157,21 @@ class AdapterLayer(nn.Module):
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Merges accumulate in fp32 at least (fp16/bf16 round-off would change the model), fp64 stays fp64."""
+        return torch.promote_types(self.base_layer.weight.dtype, torch.float32)
+
     def delta_weight(self) -> torch.Tensor:
-        """The update ΔW (out, in) in fp32, so that the adapted weight is W0 + ΔW (additive methods)."""
+        """The update ΔW (out, in) in ``compute_dtype``: the adapted weight is W0 + ΔW (additive methods)."""
         raise NotImplementedError
 
     def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """fp32 weight after merging; additive by default, Bat overrides."""
-        return weight.float() + self.delta_weight()
+        """Weight after merging, in ``compute_dtype``; additive by default, Bat overrides."""
+        return weight.to(self.compute_dtype) + self.delta_weight()
 
     def unmerged_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.float() - self.delta_weight()
+        return weight.to(self.compute_dtype) - self.delta_weight()
 
     # --- shared behaviour ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,8 @@ class LoRALinear(AdapterLayer):
         return result + F.linear(h, self.lora_B) * self.scaling  # mixed dtypes (autocast): plain path
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        dtype = self.compute_dtype
+        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, " + super().extra_repr()

@@ -1,0 +1,12 @@
+"""Repository-wide pytest setup: tests and nbmake kernels default to the smoke scale and stay offline."""
+
+import os
+
+
+def pytest_configure(config):
+    # setdefault: an explicit LOWRANK_LAB_SCALE=cpu/full from the user still wins.
+    os.environ.setdefault("LOWRANK_LAB_SCALE", "smoke")
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
