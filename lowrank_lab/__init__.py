@@ -1,6 +1,7 @@
 """lowrank_lab: low-rank fine-tuning from scratch, checked against outside judges.
 
 Layer-style adapters (``inject`` a config into a model):  LoRA / rsLoRA.
+Optimizer-style methods (a torch optimizer over an injected model): LoRA-Pro.
 Everything a lesson needs is importable from here: ``import lowrank_lab as lrl``.
 """
 
@@ -18,6 +19,7 @@ from .adapters import (
 )
 from .io import export_peft, load_adapter, save_adapter
 from .layers import AdapterConfig, AdapterLayer, LoRAConfig, LoRALinear
+from .methods.lora_pro import LoRAProAdamW, LoRAProSGD, adjusted_gradients, equivalent_gradient, solve_sylvester
 from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything
 
 __version__ = "0.1.0"
@@ -27,11 +29,15 @@ __all__ = [
     "AdapterLayer",
     "LoRAConfig",
     "LoRALinear",
+    "LoRAProAdamW",
+    "LoRAProSGD",
     "NoMatchingModulesError",
     "SCALES",
     "adapter_layers",
     "adapter_state_dict",
     "adapters_disabled",
+    "adjusted_gradients",
+    "equivalent_gradient",
     "count_parameters",
     "export_peft",
     "get_device",
@@ -44,6 +50,7 @@ __all__ = [
     "runs_dir",
     "save_adapter",
     "seed_everything",
+    "solve_sylvester",
     "unload",
     "unmerge",
 ]
