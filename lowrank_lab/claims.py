@@ -1,0 +1,134 @@
+"""Claims: one printed line per statement a lesson makes, PASS / FAIL / SKIP, with the numbers behind it.
+
+Two kinds, told apart by ``must_hold``:
+
+* **invariants** (``must_hold=True``): math that the code must satisfy at every scale (merge ≡ unmerged,
+  closed-form gradient ≡ autograd, Eckart–Young). A FAIL raises :class:`ClaimFailed` (an AssertionError),
+  so ``pytest --nbmake`` stops on a broken library.
+* **empirical claims** (default): what a paper reports and we measure ("LoRA reaches ≥ 95 % of full
+  fine-tuning accuracy"). A FAIL prints the numbers and does not raise: a measured non-reproduction is a
+  result. Give them ``min_scale="cpu"`` when the smoke budget is too small to say anything; below that
+  scale they print SKIP (and a callable is not even run).
+
+A lesson ends with :func:`summary`, which prints every recorded claim as a table.
+"""
+
+from __future__ import annotations
+
+from .runtime import SCALES, get_scale
+
+STATUSES = ("PASS", "FAIL", "SKIP")
+
+_RECORDS: list[dict] = []
+
+
+class ClaimFailed(AssertionError):
+    """An invariant (``must_hold=True``) claim failed."""
+
+
+class ClaimRecord(dict):
+    """A recorded claim (a plain dict). :func:`check` already printed its line, so a notebook cell that ends
+    with ``claims.check(...)`` does not echo the dict a second time."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def _check_scale(field: str, value: str) -> str:
+    if value not in SCALES:
+        raise ValueError(f"{field} must be one of {SCALES}, got {value!r}")
+    return value
+
+
+def _as_bool(value, name: str) -> bool:
+    if value is None:
+        raise TypeError(f"claim {name!r}: the condition is None; pass a bool (or a callable returning one)")
+    try:
+        return bool(value)
+    except (RuntimeError, ValueError) as err:  # e.g. a tensor with several elements
+        raise TypeError(f"claim {name!r}: the condition must be a single bool, got {value!r} ({err})") from None
+
+
+def format_line(record: dict) -> str:
+    detail = f"  ({record['detail']})" if record["detail"] else ""
+    return f"{record['status']:<4}  {record['name']}{detail}"
+
+
+def check(name: str, passed_or_callable, *, detail: str = "", min_scale: str = "smoke", scale: str | None = None,
+          must_hold: bool = False) -> dict:
+    """Record and print one claim; return its record (``name``, ``status``, ``detail``, ...).
+
+    ``passed_or_callable`` is a bool, or a callable taking no arguments and returning a bool or a
+    ``(bool, detail)`` pair; a callable is only run when the claim is not skipped, and an AssertionError
+    it raises counts as FAIL with the error message as detail. ``scale`` defaults to the active scale
+    (:func:`lowrank_lab.get_scale`). Claiming the same ``name`` again replaces the earlier record (re-running
+    a notebook cell does not duplicate it).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"claim name must be a non-empty string, got {name!r}")
+    _check_scale("min_scale", min_scale)
+    scale = _check_scale("scale", get_scale(scale))
+    record = ClaimRecord(name=name, status="SKIP", detail=detail, min_scale=min_scale, scale=scale,
+                         must_hold=bool(must_hold))
+    if SCALES.index(scale) < SCALES.index(min_scale):
+        record["detail"] = f"needs scale >= {min_scale}; running {scale}"
+    else:
+        if callable(passed_or_callable):
+            try:
+                result = passed_or_callable()
+            except AssertionError as err:
+                result = (False, str(err))
+            if isinstance(result, tuple):
+                if len(result) != 2:
+                    raise TypeError(f"claim {name!r}: a callable must return a bool or (bool, detail), got {result!r}")
+                result, extra = result
+                record["detail"] = "; ".join(d for d in (detail, str(extra)) if d)
+        else:
+            result = passed_or_callable
+        record["status"] = "PASS" if _as_bool(result, name) else "FAIL"
+
+    for i, old in enumerate(_RECORDS):
+        if old["name"] == name:
+            _RECORDS[i] = record
+            break
+    else:
+        _RECORDS.append(record)
+    print(format_line(record))
+    if record["status"] == "FAIL" and must_hold:
+        raise ClaimFailed(f"invariant failed: {format_line(record)}")
+    return record
+
+
+def records() -> list[dict]:
+    """Copies of the recorded claims, in the order they were first made."""
+    return [dict(r) for r in _RECORDS]
+
+
+def reset() -> None:
+    """Forget every recorded claim (a lesson starts with a clean slate)."""
+    _RECORDS.clear()
+
+
+def counts() -> dict[str, int]:
+    return {status: sum(r["status"] == status for r in _RECORDS) for status in STATUSES}
+
+
+def table() -> str:
+    """All recorded claims as an aligned text table: status, kind, min scale, claim, numbers."""
+    header = ("status", "kind", "min scale", "claim", "numbers")
+    rows = [(r["status"], "invariant" if r["must_hold"] else "empirical", r["min_scale"], r["name"], r["detail"])
+            for r in _RECORDS]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header[:-1])]
+    lines = []
+    for row in [header, tuple("-" * w for w in widths) + ("-" * 7,), *rows]:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def summary() -> dict[str, int]:
+    """Print the claims table and a one-line count; return ``{"PASS": n, "FAIL": n, "SKIP": n}``."""
+    print(table())
+    n = counts()
+    scale = _RECORDS[-1]["scale"] if _RECORDS else get_scale()
+    print(f"\n{n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped (scale: {scale})")
+    return n

@@ -1,0 +1,227 @@
+"""Command line: ``python -m lowrank_lab train --method lora --task sentiment --scale cpu``.
+
+Each subcommand is an ``add_<name>_parser(subparsers)`` function that sets ``func`` on its parser;
+``main`` dispatches to it. ``--method`` choices come from :data:`lowrank_lab.recipes.METHODS`, so a new
+method registered with ``recipes.register_method`` is available here without editing this file.
+
+Every argument is checked before any model or data is loaded; a bad value exits with code 2 and a message
+naming the value and the valid ones, and nothing is written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lowrank_lab import presets, recipes
+from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale, seed_everything
+
+USAGE_ERROR = 2  # argparse's own exit code for bad arguments
+
+DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}  # = Task.default_model
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (e.g. a model that cannot do the task): exit code 2."""
+
+
+def _int_at_least(lowest: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _module_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of module names, got {text!r}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from lowrank_lab.assets import MODEL_NAMES, TASK_NAMES
+
+    p = subparsers.add_parser(
+        "train", help="fine-tune one model on one task with one method",
+        description="Fine-tune a model on a task; writes metrics.json, history.json and curves.png to --out.",
+    )
+    p.add_argument("--method", required=True, choices=sorted(recipes.METHODS), help="fine-tuning method")
+    p.add_argument("--task", required=True, choices=TASK_NAMES, help="task to train on")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="model (default: the task's default)")
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="budget preset (default: $LOWRANK_LAB_SCALE, else full with CUDA, else cpu)")
+    p.add_argument("--seed", type=_int_at_least(0, "a non-negative int"), default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: runs/<task>-<model>-<method>-<scale>-s<seed>)")
+    p.add_argument("--r", type=_int_at_least(1, "a positive int"), default=8, help="adapter rank")
+    p.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha (default: 2*r)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: preset)")
+    p.add_argument("--max-steps", type=_int_at_least(1, "a positive int"), default=None,
+                   help="optimizer steps (default: preset)")
+    p.add_argument("--target-modules", type=_module_list, default=None,
+                   help="comma-separated module names for the adapters (default: the model's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def _check_train_args(args) -> tuple[str, str, Path]:
+    """Resolve defaults and cross-check arguments; nothing is loaded yet."""
+    from lowrank_lab.assets import MODEL_NAMES, model_spec
+
+    try:
+        scale = get_scale(args.scale)
+    except ValueError as err:  # a bad $LOWRANK_LAB_SCALE
+        raise UsageError(str(err)) from None
+    kind = presets.task_kind(args.task)
+    model = args.model or DEFAULT_MODELS[kind]
+    if kind not in model_spec(model).kinds:
+        able = [m for m in MODEL_NAMES if kind in model_spec(m).kinds]
+        raise UsageError(f"model {model!r} cannot do task {args.task!r} ({kind}); use one of {able}")
+    out = args.out or Path("runs") / f"{args.task}-{model}-{args.method}-{scale}-s{args.seed}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, got the file {str(out)!r}")
+    return scale, model, out
+
+
+def _summary_metrics(args, scale, model_name, task, config, history, wall) -> dict:
+    metric, higher_is_better = presets.primary_metric(task.kind, scale)
+    val, test = history["final"]["validation"], history["final"]["test"] or {}
+    tail = history["train_loss"][-max(1, len(history["train_loss"]) // 10):]
+    env = environment_report(scale)
+    metrics = {
+        "method": args.method, "task": task.name, "model": model_name, "scale": scale, "seed": args.seed,
+        "r": args.r if args.method != "full" else None, "alpha": args.alpha, "lr": config.lr,
+        "target_modules": list(args.target_modules) if args.target_modules else None,
+        "trainable_params": history["trainable_params"], "total_params": history["total_params"],
+        "steps": config.max_steps, "n_train": len(task.train),
+        "final_train_loss": statistics.fmean(tail),  # mean over the last 10% of steps: less noisy
+        "metric": metric, "higher_is_better": higher_is_better,
+        "metric_value": val.get(metric), "test_metric_value": test.get(metric),
+        "validation": val, "test": test,
+        "median_step_time_s": history["median_step_time_s"],
+        "peak_memory_mb": history["peak_memory_mb"], "peak_memory_kind": history["peak_memory_kind"],
+        "wall_time_s": wall, "device": history["device"],
+        "versions": {k: env[k] for k in ("python", "torch", "transformers", "datasets", "lowrank-lab")},
+    }
+    if task.kind == "causal_lm":  # exact match beside the primary metric, whichever that is
+        metrics["exact_match"], metrics["test_exact_match"] = val.get("exact_match"), test.get("exact_match")
+    return metrics
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    """A plain-text result table, one row per run."""
+    columns = ["method", "task", "model", "trainable", "val", "test", "s/step"]
+    lines = [[
+        m["method"], m["task"], m["model"],
+        f"{m['trainable_params']:,} ({100 * m['trainable_params'] / m['total_params']:.2f}%)",
+        f"{m['metric']}={_fmt(m['metric_value'])}", f"{m['metric']}={_fmt(m['test_metric_value'])}",
+        f"{m['median_step_time_s']:.3f}",
+    ] for m in rows]
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
+    for line in [columns, ["-" * w for w in widths], *lines]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
+
+
+def run_train(args) -> int:
+    scale, model_name, out = _check_train_args(args)
+    try:  # option values are checked before loading too (rank, alpha)
+        options = recipes.MethodOptions(r=args.r, alpha=args.alpha, target_modules=args.target_modules)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    from lowrank_lab.assets import load_model, load_task, load_tokenizer
+    from lowrank_lab.plotting import plot_curves
+    from lowrank_lab.train import TrainConfig, train
+
+    start = time.perf_counter()
+    preset = presets.train_preset(args.task, scale, args.method)
+    if args.lr is not None:
+        preset["lr"] = args.lr
+    if args.max_steps is not None:
+        preset["max_steps"] = args.max_steps
+    seed_everything(args.seed)  # before loading: the new head and the adapters draw from torch's RNG
+    task = load_task(args.task, max_train=preset["max_train"], max_eval=preset["max_eval"])
+    fields = presets.train_config_fields(preset)
+    fields["max_steps"] = presets.resolve_max_steps(preset, len(task.train))
+    config = TrainConfig(**fields, seed=args.seed, device=str(get_device(scale)))
+
+    tokenizer = load_tokenizer(model_name)
+    num_labels = task.num_labels if task.kind == "classification" else None
+    model = load_model(model_name, kind=task.kind, num_labels=num_labels)
+    try:
+        model = recipes.prepare(args.method, model, model_name, task, options)
+    except ValueError as err:  # e.g. --target-modules matching no layer of this model
+        raise UsageError(f"method {args.method!r} could not prepare {model_name!r}: {err}") from None
+    make_optimizer = recipes.OPTIMIZERS.get(args.method)
+    optimizer = make_optimizer(model, config) if make_optimizer else None
+
+    history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out,
+                    show_progress=not args.quiet)
+    metrics = _summary_metrics(args, scale, model_name, task, config, history, time.perf_counter() - start)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    fig = plot_curves({args.method: history}, out / "curves.png", metric=metrics["metric"],
+                      title=f"{args.method} on {task.name} ({model_name}, {scale}, seed {args.seed})")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    print_table([metrics])
+    print(f"wrote {out}/metrics.json, history.json, curves.png  ({metrics['wall_time_s']:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    recipes.load_method_plugins()  # so methods registered in lowrank_lab.methods appear in --method
+    parser = argparse.ArgumentParser(prog="python -m lowrank_lab",
+                                     description="lowrank_lab: low-rank fine-tuning experiments")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad arguments) instead of exiting."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on errors (message already printed), 0 on --help
+        return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

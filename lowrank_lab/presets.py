@@ -1,0 +1,114 @@
+"""Training budgets per scale and task kind, and the per-method learning rates: the numbers in one place.
+
+``train_preset(task_name, scale, method)`` merges the scale x kind budget with the method's learning rate
+and returns a dict of :class:`~lowrank_lab.train.TrainConfig` fields plus ``max_train``/``max_eval`` (rows
+passed to ``load_task``) and ``epochs`` (used only when ``max_steps`` is None, i.e. at ``full`` scale,
+where the step count follows the data size: :func:`resolve_max_steps`).
+
+Budgets on 2 CPU cores (ASSETS.md timings):
+
+* ``smoke``: seconds, for CI. 8 steps of 8 short examples.
+* ``cpu``:  minutes. Classification: 2,048 examples, 1 epoch at batch 16 x 64 tokens (128 steps,
+  ~1.5-3 min with MiniLM, LoRA or full FT). gsm: 60 steps of 4 x 256 tokens on SmolLM2-135M (~8 s/step)
+  plus 16 greedy generations.
+* ``full``: a GPU. All data, 3 epochs, longer sequences, exact match on every validation problem.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lowrank_lab.runtime import SCALES
+
+KINDS = ("classification", "causal_lm")
+GSM_TASKS = ("gsm",)  # the causal_lm tasks; every other task is classification
+
+# Peak learning rate per method and task kind. Adapter methods train few, zero-initialised parameters and
+# want ~10-25x the full fine-tuning rate. Methods registered later (recipes.register_method(..., lr=...))
+# add rows here; a method without a row uses the "lora" row.
+# Classification rates come from a probe at the cpu preset (sentiment, MiniLM, seed 0, 128 steps; val acc
+# on 500): full 2e-5 -> 0.73 (on 1,000), 5e-5 -> 0.82, 1e-4 -> 0.82; LoRA r8 a16 5e-4 -> 0.67 (on 1,000),
+# 1e-3 -> 0.79, 2e-3 -> 0.80, 5e-3 -> 0.80. Short budgets favour the top of the usual ranges. rsLoRA keeps
+# LoRA's rate so the two differ only in scaling (alpha/sqrt(r) = 5.7 vs alpha/r = 2 at r=8, alpha=16).
+# causal_lm: 2e-4 for LoRA took SmolLM2's gsm loss 1.54 -> 1.04 in 80 steps (ASSETS.md); 1e-5 full FT.
+LEARNING_RATES = {
+    #            classification (MiniLM)   causal_lm (SmolLM2)
+    "full":   {"classification": 5e-5, "causal_lm": 1e-5},
+    "lora":   {"classification": 1e-3, "causal_lm": 2e-4},
+    "rslora": {"classification": 1e-3, "causal_lm": 2e-4},
+}
+
+TRAIN_PRESETS = {
+    "smoke": {
+        "classification": dict(max_train=64, max_eval=64, max_steps=8, batch_size=8, max_length=48,
+                               eval_batch_size=32, warmup_ratio=0.1, max_generate=0, max_new_tokens=32,
+                               eval_every=None, log_every=1),
+        "causal_lm": dict(max_train=16, max_eval=8, max_steps=4, batch_size=2, max_length=128,
+                          eval_batch_size=4, warmup_ratio=0.1, max_generate=0, max_new_tokens=32,
+                          eval_every=None, log_every=1),
+    },
+    "cpu": {
+        "classification": dict(max_train=2048, max_eval=1000, max_steps=128, batch_size=16, max_length=64,
+                               eval_batch_size=64, warmup_ratio=0.06, max_generate=0, max_new_tokens=32,
+                               eval_every=32, log_every=8),
+        "causal_lm": dict(max_train=240, max_eval=64, max_steps=60, batch_size=4, max_length=256,
+                          eval_batch_size=8, warmup_ratio=0.05, max_generate=16, max_new_tokens=256,
+                          eval_every=None, log_every=5),
+    },
+    "full": {
+        "classification": dict(max_train=None, max_eval=None, max_steps=None, epochs=3, batch_size=32,
+                               max_length=128, eval_batch_size=128, warmup_ratio=0.06, max_generate=0,
+                               max_new_tokens=32, eval_every=200, log_every=20),
+        "causal_lm": dict(max_train=None, max_eval=None, max_steps=None, epochs=3, batch_size=16,
+                          max_length=512, eval_batch_size=32, warmup_ratio=0.03, max_generate=None,
+                          max_new_tokens=320, eval_every=200, log_every=10),
+    },
+}
+
+COMMON = dict(weight_decay=0.0, grad_accum_steps=1, max_grad_norm=1.0)
+
+
+def task_kind(task_name: str) -> str:
+    """The kind of a task, known from its name without loading any data."""
+    return "causal_lm" if task_name in GSM_TASKS else "classification"
+
+
+def learning_rate(method: str, kind: str) -> float:
+    """Default peak lr of ``method`` for ``kind`` (see ``LEARNING_RATES``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return LEARNING_RATES.get(method, LEARNING_RATES["lora"])[kind]
+
+
+def train_preset(task_name: str, scale: str, method: str = "lora") -> dict:
+    """TrainConfig fields + ``max_train``/``max_eval``/``epochs`` for a task at a scale (a fresh dict)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    kind = task_kind(task_name)
+    preset = {**COMMON, "epochs": None, **TRAIN_PRESETS[scale][kind]}
+    preset["lr"] = learning_rate(method, kind)
+    return preset
+
+
+def resolve_max_steps(preset: dict, n_train: int) -> int:
+    """``max_steps`` if set, else enough optimizer steps for ``preset["epochs"]`` passes over ``n_train``."""
+    if preset.get("max_steps"):
+        return preset["max_steps"]
+    per_step = preset["batch_size"] * preset.get("grad_accum_steps", 1)
+    return max(1, math.ceil(preset["epochs"] * n_train / per_step))
+
+
+def primary_metric(kind: str, scale: str) -> tuple[str, bool]:
+    """(metric name, higher_is_better) used to compare runs.
+
+    gsm exact match is ~0 for a 135M model below ``full`` scale (ASSETS.md), so it cannot separate methods
+    there; the teacher-forced loss on solution tokens is the smooth stand-in (exact match is still reported).
+    """
+    if kind == "classification":
+        return "accuracy", True
+    return ("exact_match", True) if scale == "full" else ("answer_loss", False)
+
+
+def train_config_fields(preset: dict) -> dict:
+    """The subset of a preset that are TrainConfig fields (drops max_train/max_eval/epochs)."""
+    return {k: v for k, v in preset.items() if k not in ("max_train", "max_eval", "epochs")}

@@ -1,0 +1,381 @@
+"""One small training loop for every method and both task kinds, plus evaluation.
+
+``train(model, task, tokenizer, config)`` runs ``config.max_steps`` optimizer steps and returns a
+JSON-serialisable history. Per optimizer step it:
+
+1. runs ``grad_accum_steps`` micro-batches, each loss scaled by ``1/grad_accum_steps`` before
+   ``backward`` (so the summed gradient is the mean over the micro-batches; a causal-LM micro-batch loss
+   is its own mean over solution tokens, so micro-batches are weighted equally, not by token count);
+2. clips the gradient norm over the trainable parameters (if ``max_grad_norm``);
+3. calls ``optimizer.step()`` exactly once, then ``scheduler.step()``.
+
+Any ``torch.optim.Optimizer`` can be passed in: methods that change the update rule (LoRA-Pro) bring
+their own optimizer and reuse this loop unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from lowrank_lab.data import IGNORE_INDEX, collate_prompts, make_loader
+from lowrank_lab.runtime import get_device, seed_everything
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Invalid values raise ``ValueError`` naming field and value."""
+
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (after warmup)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decay on matrices (not biases/norms)"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of max_steps warming up linearly"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps (not micro-batches)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per micro-batch"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip threshold; None = no clipping"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (truncated beyond)"})
+    eval_every: int | None = field(default=None, metadata={"help": "evaluate every N steps; None = at end"})
+    eval_batch_size: int = field(default=32, metadata={"help": "batch size for evaluation"})
+    max_generate: int | None = field(
+        default=0, metadata={"help": "causal_lm: validation problems answered by generation; 0 = skip, None = all"}
+    )
+    max_new_tokens: int = field(default=256, metadata={"help": "generation budget per answer"})
+    seed: int = field(default=0, metadata={"help": "seeds torch (dropout) and the data order"})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ...; None = runtime.get_device()"})
+    log_every: int = field(default=10, metadata={"help": "progress-bar loss/lr refresh interval in steps"})
+
+    def __post_init__(self):
+        def fail(name, what):
+            raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        if not _is_number(self.lr) or self.lr <= 0:
+            fail("lr", "a positive float")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            fail("weight_decay", "a float >= 0")
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", "a float in [0, 1)")
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "max_new_tokens",
+                     "log_every"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "a positive int")
+        if not _is_int(self.max_length) or self.max_length < 2:
+            fail("max_length", "an int >= 2")
+        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
+            fail("max_grad_norm", "a positive float or None")
+        if self.eval_every is not None and (not _is_int(self.eval_every) or self.eval_every < 1):
+            fail("eval_every", "a positive int or None")
+        if self.max_generate is not None and (not _is_int(self.max_generate) or self.max_generate < 0):
+            fail("max_generate", "an int >= 0 or None")
+        if not _is_int(self.seed) or self.seed < 0:
+            fail("seed", "a non-negative int")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                fail("device", "a torch device string such as 'cpu' or 'cuda', or None")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_ratio * self.max_steps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Linear warmup to the optimizer's lr over ``warmup_steps``, then cosine decay to 0 at ``total_steps``.
+
+    LambdaLR calls the factor with the number of ``scheduler.step()`` calls made so far, i.e. the index
+    (from 0) of the optimizer step about to run: step 1 uses ``lr/warmup_steps``, step ``warmup_steps``
+    the full lr, and after ``total_steps`` steps the factor is exactly 0.
+    """
+    if not _is_int(total_steps) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    if not _is_int(warmup_steps) or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. Decay only matrices: biases and LayerNorm/RMSNorm gains are
+    1-D, and shrinking them toward 0 is not regularisation (BERT/GPT practice)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, shared tensors counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _forever(loader):
+    """Yield batches epoch after epoch; each epoch reshuffles from the loader's own generator."""
+    while True:
+        yield from loader
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory and what it measures: CUDA's allocator peak on the device, else the PROCESS-WIDE peak
+    resident set size (everything this Python process ever held, including data and earlier models)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+_FINAL = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
+_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
+
+
+def parse_answer(text: str) -> str | None:
+    """The final answer in a generated solution: the last ``#### N``, else the last number, else None."""
+    found = _FINAL.findall(text) or _NUMBER.findall(text)
+    if not found:
+        return None
+    return found[-1].replace(",", "").rstrip(".")
+
+
+def answers_match(predicted: str | None, reference: str) -> bool:
+    """Numeric comparison, so "18", "18.0" and "18," all match "18"."""
+    if predicted is None:
+        return False
+    try:
+        return math.isclose(float(predicted), float(str(reference).replace(",", "")), abs_tol=1e-6)
+    except ValueError:
+        return predicted.strip() == str(reference).strip()
+
+
+@torch.no_grad()
+def generate_answers(model, questions: list[str], tokenizer, batch_size: int, max_new_tokens: int,
+                     device) -> list[str]:
+    """Greedy completions for ``questions`` (left-padded batches), decoded without special tokens."""
+    outputs = []
+    for start in range(0, len(questions), batch_size):
+        batch = _to_device(collate_prompts(questions[start:start + batch_size], tokenizer), device)
+        new = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[:, batch["input_ids"].shape[1]:]
+        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return outputs
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    tokenizer,
+    kind: str,
+    batch_size: int = 32,
+    max_length: int = 128,
+    max_generate: int | None = 0,
+    max_new_tokens: int = 256,
+    device=None,
+) -> dict:
+    """Metrics on ``dataset`` (model in eval mode, no grad; the previous train/eval mode is restored).
+
+    * classification -> ``{"accuracy", "loss"}`` (mean cross-entropy per example).
+    * causal_lm -> ``{"answer_loss", "exact_match", "n_generated"}``: ``answer_loss`` is the teacher-forced
+      cross-entropy averaged over all solution tokens; ``exact_match`` is over the first ``max_generate``
+      rows (None = all, 0 = skip, then it is None), answered by greedy generation.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            total_loss, count, correct = 0.0, 0, 0
+            for batch in make_loader(dataset, tokenizer, kind, batch_size, max_length):
+                batch = _to_device(batch, device)
+                out = model(**batch)
+                if kind == "classification":
+                    n = batch["labels"].numel()
+                    correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+                else:  # HF shifts labels by one and averages over the non-ignored targets
+                    n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+                total_loss += out.loss.item() * n
+                count += n
+            if kind == "classification":
+                return {"accuracy": correct / max(count, 1), "loss": total_loss / max(count, 1)}
+
+            n_gen = len(dataset) if max_generate is None else min(max_generate, len(dataset))
+            exact = None
+            if n_gen:
+                rows = dataset.select(range(n_gen)) if hasattr(dataset, "select") else dataset[:n_gen]
+                texts = generate_answers(model, [r["question"] for r in rows], tokenizer, batch_size,
+                                         max_new_tokens, device)
+                exact = sum(answers_match(parse_answer(t), r["answer"]) for t, r in zip(texts, rows)) / n_gen
+            return {"answer_loss": total_loss / max(count, 1), "exact_match": exact, "n_generated": n_gen}
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train(
+    model: torch.nn.Module,
+    task,
+    tokenizer,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+    out_dir=None,
+    show_progress: bool = True,
+) -> dict:
+    """Train ``model`` on ``task.train`` for ``config.max_steps`` optimizer steps; return the history.
+
+    ``optimizer`` defaults to :func:`make_optimizer` (AdamW); ``scheduler`` defaults to
+    :func:`warmup_cosine` on whichever optimizer is used. Evaluates on ``task.validation`` every
+    ``eval_every`` steps (without generation, which is slow) and at the end (with ``max_generate``
+    generations), then once on ``task.test``. A non-finite loss stops the run with ``FloatingPointError``.
+
+    History keys: ``config``, ``task``, ``kind``, ``step``/``train_loss``/``lr``/``step_time_s`` (one entry
+    per optimizer step), ``evals`` (``[{"step", **metrics}]``), ``final`` (``{"validation", "test"}``),
+    ``median_step_time_s``, ``peak_memory_mb`` (+ ``peak_memory_kind``: CUDA allocator peak, or the
+    process-wide peak RSS on CPU), ``trainable_params``, ``total_params``, ``wall_time_s``, ``device``.
+    Written to ``out_dir/history.json`` when ``out_dir`` is given.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    start = time.perf_counter()
+    device = torch.device(config.device) if config.device else get_device()
+    model.to(device)
+    seed_everything(config.seed)  # dropout masks; the data order has its own generator
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    loader = make_loader(task.train, tokenizer, task.kind, config.batch_size, config.max_length,
+                         shuffle=True, seed=config.seed)
+    batches = _forever(loader)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optimizer is None:
+        optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    if scheduler is None:
+        scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps)
+    n_trainable, n_total = parameter_counts(model)
+
+    def run_eval(dataset, generate):
+        return _rounded(evaluate(
+            model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
+            config.max_generate if generate else 0, config.max_new_tokens, device,
+        ))
+
+    history = {
+        "config": config.to_dict(), "task": task.name, "kind": task.kind, "device": str(device),
+        "trainable_params": n_trainable, "total_params": n_total,
+        "step": [], "train_loss": [], "lr": [], "step_time_s": [], "evals": [],
+    }
+    model.train()
+    bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress)
+    for step in range(1, config.max_steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(config.grad_accum_steps):
+            loss = model(**_to_device(next(batches), device)).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss {loss.item()} at step {step}; stopping "
+                    f"(lr={optimizer.param_groups[0]['lr']:.3g}: try a lower lr or max_grad_norm)"
+                )
+            (loss / config.grad_accum_steps).backward()
+            step_loss += loss.item() / config.grad_accum_steps
+        if config.max_grad_norm is not None:  # clip the accumulated gradient, before the step uses it
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        _sync(device)
+        history["step_time_s"].append(time.perf_counter() - t0)
+        history["step"].append(step)
+        history["train_loss"].append(step_loss)
+        history["lr"].append(lr)
+
+        if step % config.log_every == 0 or step == config.max_steps:
+            recent = history["train_loss"][-config.log_every:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
+        bar.update()
+        if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
+            history["evals"].append({"step": step, **run_eval(task.validation, generate=False)})
+    bar.close()
+
+    validation = run_eval(task.validation, generate=True)
+    history["evals"].append({"step": config.max_steps, **validation})
+    test = run_eval(task.test, generate=True) if task.test is not None and len(task.test) else None
+    history["final"] = {"validation": validation, "test": test}
+    history["median_step_time_s"] = statistics.median(history["step_time_s"])
+    history["peak_memory_mb"], history["peak_memory_kind"] = peak_memory_mb(device)
+    history["wall_time_s"] = time.perf_counter() - start
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "history.json").write_text(json.dumps(history, indent=1, sort_keys=True))
+    return history
