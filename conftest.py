@@ -10,3 +10,5 @@ def pytest_configure(config):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Spinning OpenMP workers make small tensor ops 10-100x slower when the 2 cores are shared.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -20,6 +20,7 @@ from .adapters import (
 from .io import export_peft, load_adapter, save_adapter
 from .layers import AdapterConfig, AdapterLayer, LoRAConfig, LoRALinear
 from .methods.lora_pro import LoRAProAdamW, LoRAProSGD, adjusted_gradients, equivalent_gradient, solve_sylvester
+from . import checks, claims
 from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "NoMatchingModulesError",
     "SCALES",
     "adapter_layers",
+    "checks",
+    "claims",
     "adapter_state_dict",
     "adapters_disabled",
     "adjusted_gradients",
