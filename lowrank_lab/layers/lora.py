@@ -107,15 +107,20 @@ class LoRALinear(AdapterLayer):
         nn.init.zeros_(self.lora_B)
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        h = F.linear(self.dropout(x), self.lora_A)
-        if result.dtype == h.dtype == self.lora_B.dtype and result.is_contiguous():
+        # Work on 2-D (N×in) rows: a 2-D Linear returns a fresh tensor, not a view. An in-place op on a view
+        # (as a 3-D Linear's output is) makes autograd add CopySlices + AsStrided nodes, whose backward
+        # copies the whole (N×out) gradient several times: slower than the unfused sum.
+        x2 = x.reshape(-1, x.shape[-1])
+        result = self.base_layer(x2)
+        h = F.linear(self.dropout(x2), self.lora_A)
+        if result.dtype == h.dtype == self.lora_B.dtype and not result._is_view():
             # Fused: result += s · h Bᵀ in one addmm, writing into the base output instead of allocating
             # two more (N×out) tensors for the product and the scaled product. Linear's backward does not
             # need its output, so updating it in place is safe for autograd.
-            result.view(-1, result.shape[-1]).addmm_(h.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling)
-            return result
-        return result + F.linear(h, self.lora_B) * self.scaling  # mixed dtypes (autocast): plain path
+            result.addmm_(h, self.lora_B.t(), alpha=self.scaling)
+        else:
+            result = result + F.linear(h, self.lora_B) * self.scaling  # mixed dtypes (autocast): plain path
+        return result.reshape(*x.shape[:-1], result.shape[-1])
 
     def delta_weight(self) -> torch.Tensor:
         dtype = self.compute_dtype
