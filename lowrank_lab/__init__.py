@@ -21,6 +21,8 @@ from .io import export_peft, load_adapter, save_adapter
 from .layers import AdapterConfig, AdapterLayer, LoRAConfig, LoRALinear
 from .methods.lora_pro import LoRAProAdamW, LoRAProSGD, adjusted_gradients, equivalent_gradient, solve_sylvester
 from . import checks, claims
+from .plotting import plot_curves
+from .train import TrainConfig, evaluate, train
 from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything
 
 __version__ = "0.1.0"
@@ -34,6 +36,7 @@ __all__ = [
     "LoRAProSGD",
     "NoMatchingModulesError",
     "SCALES",
+    "TrainConfig",
     "adapter_layers",
     "checks",
     "claims",
@@ -42,6 +45,7 @@ __all__ = [
     "adjusted_gradients",
     "equivalent_gradient",
     "count_parameters",
+    "evaluate",
     "export_peft",
     "get_device",
     "get_scale",
@@ -49,11 +53,13 @@ __all__ = [
     "load_adapter",
     "merge",
     "merge_and_unload",
+    "plot_curves",
     "print_env",
     "runs_dir",
     "save_adapter",
     "seed_everything",
     "solve_sylvester",
+    "train",
     "unload",
     "unmerge",
 ]
