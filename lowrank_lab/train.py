@@ -29,6 +29,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from lowrank_lab.adapters import count_parameters
 from lowrank_lab.data import IGNORE_INDEX, collate_prompts, make_loader
 from lowrank_lab.runtime import get_device, seed_everything
 
@@ -138,18 +139,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts, shared tensors counted once."""
-    seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -319,7 +308,7 @@ def train(
         optimizer = make_optimizer(model, config.lr, config.weight_decay)
     if scheduler is None:
         scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps)
-    n_trainable, n_total = parameter_counts(model)
+    n_trainable, n_total = count_parameters(model)
 
     def run_eval(dataset, generate):
         return _rounded(evaluate(

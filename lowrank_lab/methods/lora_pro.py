@@ -176,15 +176,18 @@ class _LoRAProOptimizer(torch.optim.Optimizer):
                     name = next((n for n, l in self.layers.items() if p is l.lora_A or p is l.lora_B), "a non-LoRA parameter")
                     raise ValueError(f"non-finite gradient in {name}; step refused, no weight changed")
 
-    def _lora_group(self) -> dict:
-        return next(g for g in self.param_groups if g["lora"])
+    def _lora_direction(self, layer, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (A, B) update directions of one LoRA layer; the step is −lr times them."""
+        raise NotImplementedError
 
+    def _other_direction(self, param: torch.Tensor, group: dict) -> torch.Tensor:
+        raise NotImplementedError
 
-class LoRAProSGD(_LoRAProOptimizer):
-    """SGD with LoRA-Pro's adjusted gradients (the paper's Algorithm 1); plain SGD for other parameters."""
-
-    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float = 0.0, x_mode: str = "sylvester"):
-        super().__init__(model, dict(lr=lr, weight_decay=weight_decay), x_mode)
+    @staticmethod
+    def _apply(param: torch.Tensor, direction: torch.Tensor, group: dict) -> None:
+        if group["weight_decay"]:
+            param.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay
+        param.add_(direction.to(param.dtype), alpha=-group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -193,27 +196,34 @@ class LoRAProSGD(_LoRAProOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_finite()
-        group = self._lora_group()
-        updates = []
-        for layer in self.layers.values():
-            A, B = layer.lora_A, layer.lora_B
-            if A.grad is None or B.grad is None:
-                continue
-            updates.append((A, B, *adjusted_gradients(A, B, A.grad, B.grad, layer.scaling, self.x_mode)))
-        for A, B, grad_A, grad_B in updates:  # all adjustments computed (and checked) before any write
-            for p, d in ((A, grad_A), (B, grad_B)):
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(d, alpha=-group["lr"])
+        lora_group = next(g for g in self.param_groups if g["lora"])
+        updates = [
+            (layer, self._lora_direction(layer, lora_group))
+            for layer in self.layers.values()
+            if layer.lora_A.grad is not None and layer.lora_B.grad is not None
+        ]
+        for layer, (delta_A, delta_B) in updates:  # every adjustment computed before any write
+            self._apply(layer.lora_A, delta_A, lora_group)
+            self._apply(layer.lora_B, delta_B, lora_group)
         for group in self.param_groups:
-            if group["lora"]:
-                continue
-            for p in group["params"]:
-                if p.grad is not None:
-                    if group["weight_decay"]:
-                        p.mul_(1 - group["lr"] * group["weight_decay"])
-                    p.add_(p.grad, alpha=-group["lr"])
+            if not group["lora"]:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        self._apply(param, self._other_direction(param, group), group)
         return loss
+
+
+class LoRAProSGD(_LoRAProOptimizer):
+    """SGD with LoRA-Pro's adjusted gradients (the paper's Algorithm 1); plain SGD for other parameters."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float = 0.0, x_mode: str = "sylvester"):
+        super().__init__(model, dict(lr=lr, weight_decay=weight_decay), x_mode)
+
+    def _lora_direction(self, layer, group):
+        return adjusted_gradients(layer.lora_A, layer.lora_B, layer.lora_A.grad, layer.lora_B.grad, layer.scaling, self.x_mode)
+
+    def _other_direction(self, param, group):
+        return param.grad
 
 
 def _adam_direction(state: dict, grad: torch.Tensor, betas, eps: float) -> torch.Tensor:
@@ -260,42 +270,16 @@ class LoRAProAdamW(_LoRAProOptimizer):
         self.mode = mode
         super().__init__(model, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), x_mode)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_finite()
-        group = self._lora_group()
-        updates = []
-        for layer in self.layers.values():
-            A, B, s = layer.lora_A, layer.lora_B, layer.scaling
-            if A.grad is None or B.grad is None:
-                continue
-            if self.mode == "full":
-                # g̃ does not depend on X, so the cheap X = 0 is enough here.
-                grad_A, grad_B = adjusted_gradients(A, B, A.grad, B.grad, s, x_mode="zero")
-                U = _adam_direction(self.state[A], equivalent_gradient(A, B, grad_A, grad_B, s), group["betas"], group["eps"])
-                delta_A, delta_B = adjusted_gradients(A, B, s * (B.float().T @ U), s * (U @ A.float().T), s, self.x_mode)
-            else:
-                grad_A, grad_B = adjusted_gradients(A, B, A.grad, B.grad, s, self.x_mode)
-                delta_A = _adam_direction(self.state[A], grad_A, group["betas"], group["eps"])
-                delta_B = _adam_direction(self.state[B], grad_B, group["betas"], group["eps"])
-            updates.append((A, B, delta_A, delta_B))
-        for A, B, delta_A, delta_B in updates:
-            for p, d in ((A, delta_A), (B, delta_B)):
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(d.to(p.dtype), alpha=-group["lr"])
-        for group in self.param_groups:
-            if group["lora"]:
-                continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                direction = _adam_direction(self.state[p], p.grad, group["betas"], group["eps"])
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(direction.to(p.dtype), alpha=-group["lr"])
-        return loss
+    def _lora_direction(self, layer, group):
+        A, B, s = layer.lora_A, layer.lora_B, layer.scaling
+        if self.mode == "full":
+            # g̃ does not depend on X, so the cheap X = 0 is enough here.
+            grad_A, grad_B = adjusted_gradients(A, B, A.grad, B.grad, s, x_mode="zero")
+            U = _adam_direction(self.state[A], equivalent_gradient(A, B, grad_A, grad_B, s), group["betas"], group["eps"])
+            return adjusted_gradients(A, B, s * (B.float().T @ U), s * (U @ A.float().T), s, self.x_mode)
+        grad_A, grad_B = adjusted_gradients(A, B, A.grad, B.grad, s, self.x_mode)
+        return (_adam_direction(self.state[A], grad_A, group["betas"], group["eps"]),
+                _adam_direction(self.state[B], grad_B, group["betas"], group["eps"]))
+
+    def _other_direction(self, param, group):
+        return _adam_direction(self.state[param], param.grad, group["betas"], group["eps"])
