@@ -18,7 +18,8 @@ How to read the table:
   output); ``x frozen - 1`` is what the adapter itself costs.
 * Memory (MB):
   - ``state``: exact bytes of the tensors that persist across steps or are made by every step:
-    all weights of the method's copy + one gradient per trainable weight + AdamW's two moments.
+    all weights of the method's copy + one gradient per trainable weight + the optimizer's state tensors
+    (AdamW: two moments per trainable weight; LoRA-Pro full mode: two m×n moments per adapted matrix).
   - ``saved act``: exact bytes of the activations autograd keeps for backward (``saved_tensors_hooks``,
     one count per storage, weights excluded). LoRA saves each adapted layer's input and its r-dim h.
   - ``step peak``: measured peak during one step above what was resident just before it (activations,
@@ -72,17 +73,28 @@ def build_full(model, args):
     return model, adamw(model, args)
 
 
-def build_ours(model, args, use_rslora):
+def build_ours(model, args, use_rslora, make_optimizer=adamw):
     from lowrank_lab import LoRAConfig, inject
 
     config = LoRAConfig(r=args.r, alpha=args.alpha, target_modules=args.targets, dropout=0.0,
                         use_rslora=use_rslora, modules_to_save=args.modules_to_save)
-    model = inject(model, config)  # before adamw(model): the optimizer takes the new trainable parameters
-    return model, adamw(model, args)
+    model = inject(model, config)  # before the optimizer: it takes the new trainable parameters
+    return model, make_optimizer(model, args)
+
+
+def lora_pro(mode):
+    def make(model, args):
+        from lowrank_lab import LoRAProAdamW
+
+        return LoRAProAdamW(model, lr=args.lr, mode=mode)
+
+    return make
 
 
 register("lora")(lambda model, args: build_ours(model, args, use_rslora=False))
 register("rslora")(lambda model, args: build_ours(model, args, use_rslora=True))
+register("lora-pro")(lambda model, args: build_ours(model, args, False, lora_pro("full")))
+register("lora-pro-efficient")(lambda model, args: build_ours(model, args, False, lora_pro("efficient")))
 
 
 @register("peft-lora")
@@ -141,10 +153,14 @@ def sync(device):
 
 
 def state_bytes(model, opt):
+    """Weights + one gradient per trainable weight + the optimizer's state tensors, counted from the tensors
+    themselves (LoRA-Pro's full mode keeps m×n moments, not LoRA-sized ones). Call after a step."""
     params = {id(p): p for p in model.parameters()}.values()
     weights = sum(p.numel() * p.element_size() for p in params)
-    train = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    return weights + (train * 3 if opt is not None else 0)  # + grad + AdamW exp_avg, exp_avg_sq
+    grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad) if opt is not None else 0
+    optimizer = sum(t.numel() * t.element_size() for st in (opt.state.values() if opt else ())
+                    for t in st.values() if torch.is_tensor(t))
+    return weights + grads + optimizer
 
 
 def _proc_kb(field):
@@ -270,7 +286,7 @@ def report(args, runs):
               f"{ratio(name, 'peft-lora')} | {paired} | {ratio(name, 'frozen')} | {r['state_mb']:.0f} | "
               f"{r['saved_activations_mb']:.0f} | {r['step_peak_mb']:.0f} |")
     peak_how = "CUDA max_memory_allocated growth" if args.device.type == "cuda" else "CPU VmHWM - VmRSS"
-    print(f"\nstate = weights + grads + AdamW moments (exact); saved act = tensors saved for backward (exact); "
+    print(f"\nstate = weights + grads + optimizer state tensors (exact); saved act = tensors saved for backward (exact); "
           f"step peak = {peak_how} during one step (measured).")
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "torch": torch.__version__, "threads": args.threads,
