@@ -218,6 +218,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--baseline", default="peft-lora", help="method the ratio columns divide by (e.g. lora)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.device = torch.device(args.device)
@@ -269,21 +270,22 @@ def report(args, runs):
                       "min_s": min(run["times"]), "max_s": max(run["times"]), "times_s": run["times"],
                       "state_mb": run["state"] / MB, "saved_activations_mb": run["saved"] / MB,
                       "step_peak_mb": run["peak"] / MB} for name, run in runs.items()}
-    ref = results.get("peft-lora", {}).get("times_s")
-    for r in results.values():  # median over rounds of (step / peft-lora's step in the same round)
-        r["paired_x_peft_lora"] = statistics.median(a / b for a, b in zip(r["times_s"], ref)) if ref else None
+    base = args.baseline
+    ref = results.get(base, {}).get("times_s")
+    for r in results.values():  # median over rounds of (step / the baseline's step in the same round)
+        r[f"paired_x_{base}"] = statistics.median(a / b for a, b in zip(r["times_s"], ref)) if ref else None
 
     def ratio(name, ref):
         return f"{results[name]['median_s'] / results[ref]['median_s']:.2f}" if ref in results else "-"
 
     print(f"{args.model}: batch {args.batch} x seq {args.seq}, r={args.r}, alpha={args.alpha:g}, "
           f"{args.repeats} timed rounds after {args.warmup} warm-up, targets {','.join(args.targets)}\n")
-    print("| method | trainable | median s (min-max) | x peft-lora | paired | x frozen | state MB | saved act MB "
+    print(f"| method | trainable | median s (min-max) | x {base} | paired | x frozen | state MB | saved act MB "
           "| step peak MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        paired = "-" if r["paired_x_peft_lora"] is None else f"{r['paired_x_peft_lora']:.2f}"
+        paired = "-" if r[f"paired_x_{base}"] is None else f"{r[f'paired_x_{base}']:.2f}"
         print(f"| {name} | {r['trainable_params']:,} | {r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
-              f"{ratio(name, 'peft-lora')} | {paired} | {ratio(name, 'frozen')} | {r['state_mb']:.0f} | "
+              f"{ratio(name, base)} | {paired} | {ratio(name, 'frozen')} | {r['state_mb']:.0f} | "
               f"{r['saved_activations_mb']:.0f} | {r['step_peak_mb']:.0f} |")
     peak_how = "CUDA max_memory_allocated growth" if args.device.type == "cuda" else "CPU VmHWM - VmRSS"
     print(f"\nstate = weights + grads + optimizer state tensors (exact); saved act = tensors saved for backward (exact); "
