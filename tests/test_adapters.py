@@ -293,30 +293,29 @@ def saved(tmp_path):
     return lrl.save_adapter(model, tmp_path / "adapter")
 
 
-def assert_untouched(model, before):
+def assert_load_refused(saved, match, model=None, error=ValueError):
+    """Loading ``saved`` raises ``error`` matching ``match`` and leaves the model exactly as it was."""
+    model = fresh_mlp() if model is None else model
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        lrl.load_adapter(model, saved)
     assert not lrl.adapter_layers(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_corrupt_weights_file(saved):
     (saved / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
-    model = fresh_mlp()
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="corrupt adapter weights"):
-        lrl.load_adapter(model, saved)
-    assert_untouched(model, before)
+    assert_load_refused(saved, "corrupt adapter weights")
 
 
 def test_corrupt_config_file(saved):
     (saved / "adapter_config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="corrupt adapter config"):
-        lrl.load_adapter(fresh_mlp(), saved)
+    assert_load_refused(saved, "corrupt adapter config")
 
 
 def test_missing_file(saved):
     (saved / "adapter_config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        lrl.load_adapter(fresh_mlp(), saved)
+    assert_load_refused(saved, "adapter_config.json", error=FileNotFoundError)
 
 
 def test_mismatched_shapes_leave_model_untouched(saved):
@@ -326,11 +325,7 @@ def test_mismatched_shapes_leave_model_untouched(saved):
             self.lin0 = nn.Linear(12, 24)
             self.lin1 = nn.Linear(24, 16)
 
-    model = Wider().double()
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="shapes do not match"):
-        lrl.load_adapter(model, saved)
-    assert_untouched(model, before)
+    assert_load_refused(saved, "shapes do not match", model=Wider().double())
 
 
 def test_non_finite_file_refused(saved):
@@ -339,11 +334,7 @@ def test_non_finite_file_refused(saved):
     tensors = load_file(str(saved / "adapter_model.safetensors"))
     tensors["lin0.lora_B"][0, 0] = float("inf")
     save_file(tensors, str(saved / "adapter_model.safetensors"))
-    model = fresh_mlp()
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="non-finite"):
-        lrl.load_adapter(model, saved)
-    assert_untouched(model, before)
+    assert_load_refused(saved, "non-finite")
 
 
 def test_unknown_method_in_file(saved):
@@ -352,5 +343,4 @@ def test_unknown_method_in_file(saved):
     meta = json.loads((saved / "adapter_config.json").read_text())
     meta["method"] = "dora"
     (saved / "adapter_config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="adapter method must be one of .*got 'dora'"):
-        lrl.load_adapter(fresh_mlp(), saved)
+    assert_load_refused(saved, "adapter method must be one of .*got 'dora'")
