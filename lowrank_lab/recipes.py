@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lowrank_lab import presets
+from lowrank_lab.layers.base import check_fraction, check_positive_float, check_positive_int, normalize_module_names
 
 
 @dataclass
@@ -28,17 +29,13 @@ class MethodOptions:
     extra: dict = field(default_factory=dict)  # method-specific knobs for later methods
 
     def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"r must be a positive int, got {self.r!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
-                                       or self.alpha <= 0):
-            raise ValueError(f"alpha must be a positive number or None, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        # Same checks (and messages) as LoRAConfig, so a bad CLI value fails before any model is loaded.
+        check_positive_int("r", self.r)
+        if self.alpha is not None:
+            check_positive_float("alpha", self.alpha)
+        check_fraction("dropout", self.dropout)
         if self.target_modules is not None:
-            self.target_modules = tuple(self.target_modules)
-            if not self.target_modules:
-                raise ValueError("target_modules must be a non-empty list of module names or None, got ()")
+            self.target_modules = normalize_module_names("target_modules", tuple(self.target_modules), allow_empty=False)
 
     @property
     def lora_alpha(self) -> float:
