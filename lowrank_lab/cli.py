@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from lowrank_lab import presets, recipes
-from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale, seed_everything
+from lowrank_lab.experiment import DEFAULT_MODELS, run_method
+from lowrank_lab.runtime import SCALES, environment_report, get_scale
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
 
-DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}  # = Task.default_model
 
 
 class UsageError(Exception):
@@ -107,28 +106,19 @@ def _check_train_args(args) -> tuple[str, str, Path]:
     return scale, model, out
 
 
-def _summary_metrics(args, scale, model_name, task, config, history, wall) -> dict:
-    metric, higher_is_better = presets.primary_metric(task.kind, scale)
-    val, test = history["final"]["validation"], history["final"]["test"] or {}
-    tail = history["train_loss"][-max(1, len(history["train_loss"]) // 10):]
-    env = environment_report(scale)
+def _summary_metrics(args, run, wall) -> dict:
+    env = environment_report(run.scale)
     metrics = {
-        "method": args.method, "task": task.name, "model": model_name, "scale": scale, "seed": args.seed,
-        "r": args.r if args.method != "full" else None, "alpha": args.alpha, "lr": config.lr,
+        **run.summary(),
+        "r": args.r if args.method != "full" else None, "alpha": args.alpha,
         "target_modules": list(args.target_modules) if args.target_modules else None,
-        "trainable_params": history["trainable_params"], "total_params": history["total_params"],
-        "steps": config.max_steps, "n_train": len(task.train),
-        "final_train_loss": statistics.fmean(tail),  # mean over the last 10% of steps: less noisy
-        "metric": metric, "higher_is_better": higher_is_better,
-        "metric_value": val.get(metric), "test_metric_value": test.get(metric),
-        "validation": val, "test": test,
-        "median_step_time_s": history["median_step_time_s"],
-        "peak_memory_mb": history["peak_memory_mb"], "peak_memory_kind": history["peak_memory_kind"],
-        "wall_time_s": wall, "device": history["device"],
+        "validation": run.history["final"]["validation"], "test": run.history["final"]["test"] or {},
+        "wall_time_s": wall, "device": run.history["device"],
         "versions": {k: env[k] for k in ("python", "torch", "transformers", "datasets", "lowrank-lab")},
     }
-    if task.kind == "causal_lm":  # exact match beside the primary metric, whichever that is
-        metrics["exact_match"], metrics["test_exact_match"] = val.get("exact_match"), test.get("exact_match")
+    if run.task.kind == "causal_lm":  # exact match beside the primary metric, whichever that is
+        metrics["exact_match"] = metrics["validation"].get("exact_match")
+        metrics["test_exact_match"] = metrics["test"].get("exact_match")
     return metrics
 
 
@@ -157,38 +147,19 @@ def run_train(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    from lowrank_lab.assets import load_model, load_task, load_tokenizer
     from lowrank_lab.plotting import plot_curves
-    from lowrank_lab.train import TrainConfig, train
 
     start = time.perf_counter()
-    preset = presets.train_preset(args.task, scale, args.method)
-    if args.lr is not None:
-        preset["lr"] = args.lr
-    if args.max_steps is not None:
-        preset["max_steps"] = args.max_steps
-    seed_everything(args.seed)  # before loading: the new head and the adapters draw from torch's RNG
-    task = load_task(args.task, max_train=preset["max_train"], max_eval=preset["max_eval"])
-    fields = presets.train_config_fields(preset)
-    fields["max_steps"] = presets.resolve_max_steps(preset, len(task.train))
-    config = TrainConfig(**fields, seed=args.seed, device=str(get_device(scale)))
-
-    tokenizer = load_tokenizer(model_name)
-    num_labels = task.num_labels if task.kind == "classification" else None
-    model = load_model(model_name, kind=task.kind, num_labels=num_labels)
+    overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps)) if v is not None}
     try:
-        model = recipes.prepare(args.method, model, model_name, task, options)
+        run = run_method(args.method, args.task, model_name, scale, args.seed, options, overrides, out_dir=out,
+                         show_progress=not args.quiet)
     except ValueError as err:  # e.g. --target-modules matching no layer of this model
         raise UsageError(f"method {args.method!r} could not prepare {model_name!r}: {err}") from None
-    make_optimizer = recipes.OPTIMIZERS.get(args.method)
-    optimizer = make_optimizer(model, config) if make_optimizer else None
-
-    history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out,
-                    show_progress=not args.quiet)
-    metrics = _summary_metrics(args, scale, model_name, task, config, history, time.perf_counter() - start)
+    metrics = _summary_metrics(args, run, time.perf_counter() - start)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    fig = plot_curves({args.method: history}, out / "curves.png", metric=metrics["metric"],
-                      title=f"{args.method} on {task.name} ({model_name}, {scale}, seed {args.seed})")
+    fig = plot_curves({args.method: run.history}, out / "curves.png", metric=metrics["metric"],
+                      title=f"{args.method} on {args.task} ({model_name}, {scale}, seed {args.seed})")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

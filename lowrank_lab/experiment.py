@@ -1,0 +1,110 @@
+"""One fine-tuning run, end to end: the path the CLI, the lessons and ``compare`` share.
+
+``run_method("lora", "sentiment", scale="cpu", seed=0)`` loads the task and the model offline, prepares the
+method (``recipes.prepare``), builds its optimizer if it has one (LoRA-Pro), trains with the scale's preset
+(``presets.train_preset``) and returns a :class:`Run` with the model, the history and the resolved budget.
+``overrides`` replaces preset fields (``{"max_steps": 20, "lr": 1e-4}``); every other number comes from
+``presets``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lowrank_lab import presets, recipes
+from lowrank_lab.runtime import SCALES, get_device, seed_everything
+
+# The default model per task kind: the offline mirrors of ASSETS.md.
+DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}
+PRESET_KEYS = set(presets.COMMON) | {k for scale in presets.TRAIN_PRESETS.values() for kind in scale.values()
+                                     for k in kind} | {"lr", "epochs"}
+
+
+@dataclass
+class Run:
+    method: str
+    task_name: str
+    model_name: str
+    scale: str
+    seed: int
+    preset: dict
+    model: object = field(repr=False)
+    task: object = field(repr=False)
+    config: object = field(repr=False)
+    history: dict = field(repr=False)
+
+    @property
+    def metric(self) -> tuple[str, bool]:
+        """(name, higher_is_better) of the metric that ranks runs at this scale."""
+        return presets.primary_metric(self.task.kind, self.scale)
+
+    def value(self, split: str = "validation") -> float | None:
+        final = self.history["final"][split] or {}
+        return final.get(self.metric[0])
+
+    def summary(self) -> dict:
+        """A flat, JSON-ready record of the run (no tensors)."""
+        tail = self.history["train_loss"][-max(1, len(self.history["train_loss"]) // 10):]
+        name, higher = self.metric
+        return {
+            "method": self.method, "task": self.task_name, "model": self.model_name, "scale": self.scale,
+            "seed": self.seed, "lr": self.config.lr, "steps": self.config.max_steps, "n_train": len(self.task.train),
+            "trainable_params": self.history["trainable_params"], "total_params": self.history["total_params"],
+            "final_train_loss": statistics.fmean(tail), "metric": name, "higher_is_better": higher,
+            "metric_value": self.value("validation"), "test_metric_value": self.value("test"),
+            "median_step_time_s": self.history["median_step_time_s"],
+            "peak_memory_mb": self.history["peak_memory_mb"], "peak_memory_kind": self.history["peak_memory_kind"],
+            "wall_time_s": self.history["wall_time_s"],
+        }
+
+
+def default_model(task_name: str) -> str:
+    return DEFAULT_MODELS[presets.task_kind(task_name)]
+
+
+def run_method(method: str, task_name: str, model_name: str | None = None, scale: str = "smoke", seed: int = 0,
+               options: recipes.MethodOptions | dict | None = None, overrides: dict | None = None,
+               out_dir: str | Path | None = None, show_progress: bool = True) -> Run:
+    """Train ``method`` on ``task_name`` with the ``scale`` preset; everything is checked before loading."""
+    from lowrank_lab.assets import MODEL_NAMES, TASK_NAMES, load_model, load_task, load_tokenizer, model_spec
+    from lowrank_lab.train import TrainConfig, train
+
+    recipes.load_method_plugins()
+    recipes.get_method(method)  # unknown method: ValueError naming it, before anything loads
+    if task_name not in TASK_NAMES:
+        raise ValueError(f"task_name must be one of {TASK_NAMES}, got {task_name!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    kind = presets.task_kind(task_name)
+    model_name = model_name or DEFAULT_MODELS[kind]
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"model_name must be one of {MODEL_NAMES}, got {model_name!r}")
+    if kind not in model_spec(model_name).kinds:
+        raise ValueError(f"model {model_name!r} cannot do task {task_name!r} ({kind})")
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - PRESET_KEYS
+    if unknown:
+        raise ValueError(f"overrides has unknown fields {sorted(unknown)}; known: {sorted(PRESET_KEYS)}")
+    if options is None:
+        options = recipes.MethodOptions()
+    elif isinstance(options, dict):
+        options = recipes.MethodOptions(**options)
+
+    preset = {**presets.train_preset(task_name, scale, method), **overrides}
+    seed_everything(seed)  # before loading: the new head and the adapters draw from torch's RNG
+    task = load_task(task_name, max_train=preset["max_train"], max_eval=preset["max_eval"])
+    fields = presets.train_config_fields(preset)
+    fields["max_steps"] = presets.resolve_max_steps(preset, len(task.train))
+    config = TrainConfig(**fields, seed=seed, device=str(get_device(scale)))
+
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, kind=kind, num_labels=task.num_labels if kind == "classification" else None)
+    model = recipes.prepare(method, model, model_name, task, options)
+    make_optimizer = recipes.OPTIMIZERS.get(method)
+    optimizer = make_optimizer(model, config) if make_optimizer else None
+    history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out_dir, show_progress=show_progress)
+    return Run(method, task_name, model_name, scale, seed, preset, model, task, config, history)
