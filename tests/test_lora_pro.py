@@ -252,3 +252,50 @@ def test_bad_optimizer_input_changes_nothing():
         opt.step()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert not opt.state  # no moment was updated either
+
+
+def test_usable_in_a_hugging_face_trainer(tmp_path):
+    """`Trainer(optimizers=(opt, scheduler))` steps our optimizer: the same parameters as a manual loop."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from lowrank_lab.assets import load_model
+
+    class Fixed(Dataset):  # one full batch per step, so shuffling cannot change what a step sees
+        def __init__(self):
+            gen = torch.Generator().manual_seed(1)
+            self.ids = torch.randint(0, 500, (4, 12), generator=gen)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    def build():
+        torch.manual_seed(0)
+        model = load_model("tiny-llama", kind="causal_lm")
+        model = lrl.inject(model, lrl.LoRAConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+        lrl.checks.randomize_adapters(model, std=0.05, seed=2)  # non-zero B: the adjustment is non-trivial
+        optimizer = LoRAProAdamW(model, lr=1e-3, mode="full")
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model, optimizer, scheduler = build()
+    base_before = {n: layer.weight.detach().clone() for n, layer in lrl.adapter_layers(model).items()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=3,
+                             max_grad_norm=0.0, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, disable_tqdm=True, dataloader_drop_last=False)
+    Trainer(model=model, args=args, train_dataset=Fixed(), optimizers=(optimizer, scheduler)).train()
+
+    manual, manual_opt, _ = build()
+    batch = Fixed().ids
+    for _ in range(3):
+        manual_opt.zero_grad()
+        manual(input_ids=batch, labels=batch).loss.backward()
+        manual_opt.step()
+    trained, reference = lrl.adapter_state_dict(model), lrl.adapter_state_dict(manual)
+    assert any(not torch.equal(v, lrl.adapter_state_dict(build()[0])[k]) for k, v in trained.items())
+    for key in reference:
+        torch.testing.assert_close(trained[key], reference[key], atol=1e-6, rtol=1e-5)
+    for name, layer in lrl.adapter_layers(model).items():
+        assert torch.equal(layer.weight, base_before[name])
