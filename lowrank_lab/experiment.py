@@ -9,6 +9,7 @@ method (``recipes.prepare``), builds its optimizer if it has one (LoRA-Pro), tra
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,3 +109,44 @@ def run_method(method: str, task_name: str, model_name: str | None = None, scale
     optimizer = make_optimizer(model, config) if make_optimizer else None
     history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out_dir, show_progress=show_progress)
     return Run(method, task_name, model_name, scale, seed, preset, model, task, config, history)
+
+
+def aggregate(summaries: list[dict], key: str = "metric_value") -> dict[str, dict]:
+    """Group run summaries by method: mean, sample std (0 for one seed) and the per-seed values of ``key``,
+    plus the trainable parameters and the median step time, in first-seen method order."""
+    groups: dict[str, list[dict]] = {}
+    for row in summaries:
+        groups.setdefault(row["method"], []).append(row)
+    table = {}
+    for method, rows in groups.items():
+        values = [row[key] for row in rows]
+        table[method] = {
+            "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values, "seeds": [row["seed"] for row in rows], "n": len(values),
+            "trainable_params": rows[0]["trainable_params"], "total_params": rows[0]["total_params"],
+            "median_step_time_s": statistics.median(row["median_step_time_s"] for row in rows),
+            "peak_memory_mb": max(row["peak_memory_mb"] for row in rows),
+        }
+    return table
+
+
+def gap_closed(baseline: float, candidate: float, target: float, higher_is_better: bool = True) -> float | None:
+    """Fraction of the baseline→target gap the candidate closes: 0 = no better than the baseline, 1 = reaches
+    the target, < 0 = worse than the baseline, > 1 = beyond the target. ``None`` when the target is not
+    better than the baseline (the fraction is then meaningless) or a value is not finite."""
+    if not all(map(math.isfinite, (baseline, candidate, target))):
+        return None
+    gap = target - baseline
+    if (gap <= 0) if higher_is_better else (gap >= 0):
+        return None
+    return (candidate - baseline) / gap
+
+
+def format_table(table: dict[str, dict], metric: str, digits: int = 4) -> str:
+    """A markdown table of :func:`aggregate`'s output: mean ± std over seeds, trainable share, step time."""
+    lines = [f"| method | {metric} (mean ± std) | seeds | trainable | s/step |", "|---|---|---|---|---|"]
+    for method, row in table.items():
+        share = row["trainable_params"] / row["total_params"]
+        lines.append(f"| {method} | {row['mean']:.{digits}f} ± {row['std']:.{digits}f} | {row['n']} | "
+                     f"{row['trainable_params']:,} ({share:.2%}) | {row['median_step_time_s']:.3f} |")
+    return "\n".join(lines)

@@ -103,3 +103,11 @@ def print_env(scale: str | None = None) -> dict:
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
     return report
+
+
+def widgets_enabled() -> bool:
+    """Whether a lesson should build its ipywidgets controls: inside a live Jupyter kernel, and not under CI,
+    pytest/nbmake or ``LOWRANK_LAB_NO_WIDGETS=1`` (headless runs keep only the static figures; a widget
+    callback executing under nbclient is not needed there and has hung it)."""
+    headless = os.environ.get("CI") or os.environ.get("PYTEST_CURRENT_TEST") or os.environ.get("LOWRANK_LAB_NO_WIDGETS")
+    return "ipykernel" in sys.modules and not headless
