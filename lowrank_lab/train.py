@@ -11,6 +11,9 @@ JSON-serialisable history. Per optimizer step it:
 
 Any ``torch.optim.Optimizer`` can be passed in: methods that change the update rule (LoRA-Pro) bring
 their own optimizer and reuse this loop unchanged.
+
+Under ``torchrun`` (a process group is up) the same call trains data-parallel with DDP: ``batch_size`` is
+the global batch, each rank takes its slice, rank 0 logs and writes (``lowrank_lab.distributed``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from lowrank_lab import distributed
 from lowrank_lab.adapters import count_parameters
 from lowrank_lab.data import IGNORE_INDEX, collate_prompts, make_loader
 from lowrank_lab.runtime import get_device, seed_everything
@@ -294,7 +298,9 @@ def train(
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     start = time.perf_counter()
-    device = torch.device(config.device) if config.device else get_device()
+    device = distributed.local_device(torch.device(config.device) if config.device else get_device())
+    world_size, rank = distributed.world()
+    distributed.check_batch_size(config.batch_size)
     model.to(device)
     seed_everything(config.seed)  # dropout masks; the data order has its own generator
     if device.type == "cuda":
@@ -309,6 +315,7 @@ def train(
     if scheduler is None:
         scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps)
     n_trainable, n_total = count_parameters(model)
+    forward_model = distributed.wrap(model, device)  # DDP under torchrun: averages gradients in backward
 
     def run_eval(dataset, generate):
         return _rounded(evaluate(
@@ -322,21 +329,23 @@ def train(
         "step": [], "train_loss": [], "lr": [], "step_time_s": [], "evals": [],
     }
     model.train()
-    bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress)
+    bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress or rank != 0)
     for step in range(1, config.max_steps + 1):
         _sync(device)
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(config.grad_accum_steps):
-            loss = model(**_to_device(next(batches), device)).loss
-            if not torch.isfinite(loss):
+            batch = distributed.shard(next(batches), rank, world_size)
+            loss = forward_model(**_to_device(batch, device)).loss
+            mean_loss = distributed.mean_over_ranks(loss.item(), device)  # every rank stops together
+            if not math.isfinite(mean_loss):
                 raise FloatingPointError(
-                    f"non-finite training loss {loss.item()} at step {step}; stopping "
+                    f"non-finite training loss {mean_loss} at step {step}; stopping "
                     f"(lr={optimizer.param_groups[0]['lr']:.3g}: try a lower lr or max_grad_norm)"
                 )
             (loss / config.grad_accum_steps).backward()
-            step_loss += loss.item() / config.grad_accum_steps
+            step_loss += mean_loss / config.grad_accum_steps
         if config.max_grad_norm is not None:  # clip the accumulated gradient, before the step uses it
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
@@ -363,7 +372,7 @@ def train(
     history["median_step_time_s"] = statistics.median(history["step_time_s"])
     history["peak_memory_mb"], history["peak_memory_kind"] = peak_memory_mb(device)
     history["wall_time_s"] = time.perf_counter() - start
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(history, indent=1, sort_keys=True))
