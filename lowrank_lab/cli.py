@@ -50,6 +50,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def _module_list(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -82,6 +92,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="optimizer steps (default: preset)")
     p.add_argument("--target-modules", type=_module_list, default=None,
                    help="comma-separated module names for the adapters (default: the model's)")
+    xgb = p.add_argument_group("xgblora", "boosting schedule; only with --method xgblora (the paper's rank: --r 1)")
+    xgb.add_argument("--steps-per-round", type=_int_at_least(1, "a positive int"), default=None,
+                     help="kappa: optimizer steps per boosting round, <= --max-steps (default: ~1/16 of them)")
+    xgb.add_argument("--blocks-per-round", type=_int_at_least(1, "a positive int"), default=None,
+                     help="L_s: layers that get boosters each round (default: 11/32 of the model's layers)")
+    xgb.add_argument("--shrinkage", type=_positive_float, default=None, help="alpha_t of the merge W += alpha_t*s*B*A (default 1)")
+    xgb.add_argument("--booster-penalty", type=_nonnegative_float, default=None,
+                     help="lambda of the penalty (lambda/2)(|A|^2 + |B|^2) on the boosters (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p
@@ -140,10 +158,28 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
 
 
+XGBLORA_FLAGS = ("steps_per_round", "blocks_per_round", "shrinkage", "booster_penalty")
+
+
+def _xgblora_extra(args, scale: str) -> dict:
+    """The xgblora flags as MethodOptions.extra, checked (kappa <= the step budget too) before loading."""
+    extra = {k: getattr(args, k) for k in XGBLORA_FLAGS if getattr(args, k) is not None}
+    if extra and args.method != "xgblora":
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise UsageError(f"{flags} only apply to --method xgblora, got --method {args.method!r}")
+    if extra:
+        from lowrank_lab.methods.xgblora import XGBLoRASettings
+
+        steps = args.max_steps or presets.train_preset(args.task, scale, args.method)["max_steps"]
+        XGBLoRASettings.from_extra(extra).check_steps(steps)
+    return extra
+
+
 def run_train(args) -> int:
     scale, model_name, out = _check_train_args(args)
     try:  # option values are checked before loading too (rank, alpha)
-        options = recipes.MethodOptions(r=args.r, alpha=args.alpha, target_modules=args.target_modules)
+        options = recipes.MethodOptions(r=args.r, alpha=args.alpha, target_modules=args.target_modules,
+                                        extra=_xgblora_extra(args, scale))
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -168,6 +204,57 @@ def run_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+    from lowrank_lab.assets import MODEL_NAMES, TASK_NAMES
+    from lowrank_lab.compare import COMPARE_METHODS
+
+    p = subparsers.add_parser(
+        "compare", help="every method side by side at a matched trainable-parameter budget",
+        description="Train every method (or --methods) on one task over --seeds seeds at a matched budget "
+                    "(LoRA rank --r); resumable; writes results.json/.csv, table.md and figures to --out.")
+    p.add_argument("--task", required=True, choices=TASK_NAMES, help="task to train on")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="model (default: the task's default)")
+    p.add_argument("--scale", choices=SCALES, default=None, help="smoke | cpu | full (default: $LOWRANK_LAB_SCALE)")
+    p.add_argument("--seeds", type=_int_at_least(1, "a positive int"), default=1, help="seeds 0..N-1 per method")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/compare-<task>-<model>-<scale>)")
+    p.add_argument("--methods", type=_module_list, default=COMPARE_METHODS,
+                   help=f"comma-separated subset (default: {','.join(COMPARE_METHODS)})")
+    p.add_argument("--r", type=_int_at_least(1, "a positive int"), default=8,
+                   help="the budget: trainable parameters of LoRA at this rank")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_compare)
+    return p
+
+
+def run_compare(args) -> int:
+    from lowrank_lab.compare import command_line, compare
+
+    try:
+        scale = get_scale(args.scale)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    kind = presets.task_kind(args.task)
+    model = args.model or DEFAULT_MODELS[kind]
+    out = args.out or Path("runs") / f"compare-{args.task}-{model}-{scale}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, got the file {str(out)!r}")
+    try:
+        results = compare(args.task, model, scale, args.seeds, out, args.methods, args.r,
+                          show_progress=not args.quiet, command=command_line(args.argv))
+    except ValueError as err:  # unknown method, a budget a method cannot meet: before any run starts
+        raise UsageError(str(err)) from None
+    from lowrank_lab.compare import markdown
+
+    print()
+    print(markdown(results))
+    print(f"\nwrote {out}/results.json, results.csv, table.md, curves.png, metric_vs_params.png, cost.png "
+          f"({results['wall_time_s']:.0f} s)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -177,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="lowrank_lab: low-rank fine-tuning experiments")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
+    add_compare_parser(subparsers)
     return parser
 
 
@@ -185,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = argv
     except SystemExit as exit_:  # argparse exits 2 on errors (message already printed), 0 on --help
         return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
     try:

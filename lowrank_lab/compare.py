@@ -1,0 +1,235 @@
+"""Every method side by side at a matched trainable-parameter budget: ``python -m lowrank_lab compare``.
+
+The budget is that of LoRA at rank ``r`` (default 8) on the model's default target modules. Each method
+is given the options that bring it closest to that budget (:data:`MATCHING` says how, per method; the rule
+is written into every output):
+
+* LoRA, rsLoRA and both LoRA-Pro modes use rank ``r`` itself: LoRA-Pro changes the update, not the shapes.
+* Bone and Bat (one trainable matrix per layer, ``r·out`` numbers) get the rank whose trainable count is
+  closest to the budget, found by injecting candidate ranks into a copy of the model and counting.
+* GeLoRA spreads the same budget over layers by intrinsic dimension (its ``budget`` is LoRA r's count).
+* XGBLoRA is matched by *steps*, not parameters: it trains rank-1 boosters on a few blocks at a time and
+  merges them, so far fewer numbers train at any moment; its row shows that count.
+* Full fine-tuning is the reference: every parameter trains.
+
+Each (method, seed) runs as its own ``python -m lowrank_lab train`` process (so its peak memory is its own)
+writing ``runs/<method>-s<seed>/metrics.json``; runs whose file exists are skipped, so an interrupted
+comparison resumes where it stopped. Outputs in ``--out``: ``results.json`` (command, matching, every summary), ``results.csv``,
+``table.md`` (mean ± std over seeds), ``curves.png``, ``metric_vs_params.png``, ``cost.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from lowrank_lab import experiment, presets, recipes
+
+# The order of the table; every name must be registered (recipes.METHODS) for compare to run it.
+COMPARE_METHODS = ("full", "lora", "rslora", "lora-pro", "lora-pro-efficient", "xgblora", "bone", "bat", "gelora")
+# How each method meets the budget: "same_r" (rank r), "search_r" (the rank closest in trainable parameters),
+# "budget" (the method spreads LoRA r's budget itself), "steps" (matched by steps only), "reference".
+MATCHING = {
+    "full": "reference", "lora": "same_r", "rslora": "same_r", "lora-pro": "same_r",
+    "lora-pro-efficient": "same_r", "xgblora": "steps", "bone": "search_r", "bat": "search_r", "gelora": "budget",
+}
+MATCHING_TEXT = {
+    "reference": "reference: every parameter trains",
+    "same_r": "rank r: the budget itself",
+    "search_r": "the rank whose trainable count is closest to the budget",
+    "budget": "spreads the budget of LoRA rank r over layers",
+    "steps": "equal optimizer steps; rank-1 boosters train on a few blocks at a time (fewer parameters)",
+}
+CSV_FIELDS = ("method", "seed", "options_r", "metric", "metric_value", "test_metric_value", "final_train_loss",
+              "trainable_params", "total_params", "lr", "steps", "median_step_time_s", "peak_memory_mb", "wall_time_s")
+
+
+def _trainable(method: str, model, model_name: str, task, r: int) -> int | None:
+    """Trainable parameters of ``method`` at rank ``r`` on a copy of ``model``; None if ``r`` is refused."""
+    from lowrank_lab.adapters import count_parameters
+
+    try:
+        prepared = recipes.prepare(method, copy.deepcopy(model), model_name, task, recipes.MethodOptions(r=r))
+    except ValueError:
+        return None
+    return count_parameters(prepared)[0]
+
+
+def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
+    """For each method: the options it runs with and the trainable count they give, checked before any run.
+
+    Raises ``ValueError`` when a method cannot meet the budget (no rank gets within a factor of 2 of it).
+    """
+    from lowrank_lab.assets import load_model, load_task
+
+    task = load_task(task_name, max_train=8, max_eval=8)  # only shapes and the head size matter here
+    kind = presets.task_kind(task_name)
+    model = load_model(model_name, kind=kind, num_labels=task.num_labels if kind == "classification" else None)
+    budget = _trainable("lora", model, model_name, task, r)
+    if budget is None:
+        raise ValueError(f"r={r} is not a valid LoRA rank for {model_name!r}, so it defines no budget")
+    planned = {}
+    for method in methods:
+        rule = MATCHING.get(method, "same_r")
+        chosen = r
+        if rule == "search_r":
+            best = None
+            for candidate in range(1, 8 * r + 1):
+                count = _trainable(method, model, model_name, task, candidate)
+                if count is not None and (best is None or abs(count - budget) < abs(best[1] - budget)):
+                    best = (candidate, count)
+                if count is not None and count > budget:
+                    break  # counts grow with the rank: nothing beyond can be closer
+            if best is None or not budget / 2 <= best[1] <= 2 * budget:
+                got = "no rank was accepted" if best is None else f"closest: r={best[0]} with {best[1]:,}"
+                raise ValueError(f"method {method!r} cannot meet the budget of LoRA r={r} ({budget:,} trainable "
+                                 f"parameters) on {model_name!r}: {got}")
+            chosen = best[0]
+        planned[method] = {"r": chosen, "rule": rule, "rule_text": MATCHING_TEXT[rule], "budget": budget}
+    return planned
+
+
+def _run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / "runs" / f"{method}-s{seed}"
+
+
+def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool) -> None:
+    """One run = one ``python -m lowrank_lab train`` process: its peak memory is its own (on CPU the process
+    peak RSS is all a process can report), and a crash loses only that run."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "lowrank_lab", "train", "--method", method, "--task", task_name,
+           "--model", model_name, "--scale", scale, "--seed", str(seed), "--r", str(r), "--out", str(run_dir)]
+    if not show_progress:
+        cmd.append("--quiet")
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"run {method} seed {seed} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
+                           f"{done.stdout[-2000:]}")
+
+
+def compare(task_name: str, model_name: str | None = None, scale: str = "smoke", seeds: int = 1,
+            out: str | Path = "runs/compare", methods=COMPARE_METHODS, r: int = 8, show_progress: bool = True,
+            command: str | None = None) -> dict:
+    """Run (or resume) the comparison; return the results dict also written to ``out/results.json``."""
+    from lowrank_lab.assets import TASK_NAMES
+    from lowrank_lab.runtime import SCALES
+
+    recipes.load_method_plugins()
+    methods = tuple(methods)
+    if not methods:
+        raise ValueError("methods must name at least one method, got an empty list")
+    unknown = [m for m in methods if m not in recipes.METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(recipes.METHODS)}")
+    if task_name not in TASK_NAMES:
+        raise ValueError(f"task must be one of {TASK_NAMES}, got {task_name!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    model_name = model_name or experiment.default_model(task_name)
+    from lowrank_lab.assets import MODEL_NAMES, model_spec
+
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model_name!r}")
+    if presets.task_kind(task_name) not in model_spec(model_name).kinds:
+        raise ValueError(f"model {model_name!r} cannot do task {task_name!r} ({presets.task_kind(task_name)})")
+    out = Path(out)
+    planned = plan(methods, task_name, model_name, r)  # every budget problem surfaces before the first run
+
+    start = time.perf_counter()
+    summaries, histories = [], {}
+    for method in methods:
+        for seed in range(seeds):
+            run_dir = _run_dir(out, method, seed)
+            if not (run_dir / "metrics.json").exists():  # resumable: a finished run is never repeated
+                _train_in_subprocess(method, task_name, model_name, scale, seed, planned[method]["r"], run_dir,
+                                     show_progress)
+            summary = json.loads((run_dir / "metrics.json").read_text())
+            summary["options_r"] = planned[method]["r"]
+            summaries.append(summary)
+            if seed == 0:
+                histories[method] = json.loads((run_dir / "history.json").read_text())
+            print(f"{method:<19} seed {seed}: {summary['metric']} = {summary['metric_value']:.4f}  "
+                  f"({summary['trainable_params']:,} trainable, {summary['median_step_time_s']:.3f} s/step)")
+
+    table = experiment.aggregate(summaries)
+    metric, higher = summaries[0]["metric"], summaries[0]["higher_is_better"]
+    results = {
+        "command": command, "task": task_name, "model": model_name, "scale": scale, "seeds": seeds, "r": r,
+        "budget": next(iter(planned.values()))["budget"], "matching": planned, "metric": metric,
+        "higher_is_better": higher, "table": table, "runs": summaries,
+        "wall_time_s": time.perf_counter() - start,
+    }
+    write_outputs(out, results, histories)
+    return results
+
+
+def markdown(results: dict) -> str:
+    metric = results["metric"] + ("" if results["higher_is_better"] else ", lower is better")
+    lines = [f"{results['task']} · {results['model']} · scale {results['scale']} · {results['seeds']} seed(s) · "
+             f"budget: LoRA r={results['r']} = {results['budget']:,} trainable parameters",
+             "", f"| method | budget rule | r | validation {metric} (mean ± std) | test (mean) | trainable | s/step | "
+             "peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
+    for method, row in results["table"].items():
+        tests = [s["test_metric_value"] for s in results["runs"] if s["method"] == method and s["test_metric_value"] is not None]
+        test = f"{sum(tests) / len(tests):.4f}" if tests else "—"
+        match = results["matching"][method]
+        lines.append(f"| {method} | {match['rule_text']} | {match['r'] if match['rule'] != 'reference' else '—'} | "
+                     f"{row['mean']:.4f} ± {row['std']:.4f} | {test} | {row['trainable_params']:,} "
+                     f"({row['trainable_params'] / row['total_params']:.2%}) | {row['median_step_time_s']:.3f} | "
+                     f"{row['peak_memory_mb']:.0f} |")
+    if results.get("command"):
+        lines += ["", f"Produced by: `{results['command']}`"]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: dict, histories: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    from lowrank_lab.plotting import plot_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results["runs"])
+    (out / "table.md").write_text(markdown(results) + "\n")
+
+    title = f"{results['task']} ({results['model']}, {results['scale']})"
+    if histories:
+        plt.close(plot_curves(histories, out / "curves.png", title=f"{title}, seed 0", metric=results["metric"]))
+    table = results["table"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (method, row) in enumerate(table.items()):
+        ax.errorbar(row["trainable_params"], row["mean"], yerr=row["std"], fmt="o", color=f"C{i % 10}",
+                    capsize=3, label=method)
+    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"validation {results['metric']}",
+           title=f"{title}: metric vs trainable parameters")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metric_vs_params.png")
+    plt.close(fig)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = list(table)
+    ax_t.bar(names, [table[m]["median_step_time_s"] for m in names], color=[f"C{i % 10}" for i in range(len(names))])
+    ax_m.bar(names, [table[m]["peak_memory_mb"] for m in names], color=[f"C{i % 10}" for i in range(len(names))])
+    ax_t.set(ylabel="median s / optimizer step", title="step time")
+    ax_m.set(ylabel="peak memory (MB)", title="peak memory (CPU: peak RSS of the run's process; GPU: allocator peak)")
+    for ax in (ax_t, ax_m):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / "cost.png")
+    plt.close(fig)
+
+
+def command_line(argv: list[str] | None) -> str:
+    return "python -m lowrank_lab " + shlex.join(sys.argv[1:] if argv is None else argv)
