@@ -15,7 +15,8 @@ is written into every output):
 Each (method, seed) runs as its own ``python -m lowrank_lab train`` process (so its peak memory is its own)
 writing ``runs/<method>-s<seed>/metrics.json``; runs whose file exists are skipped, so an interrupted
 comparison resumes where it stopped. Outputs in ``--out``: ``results.json`` (command, matching, every summary), ``results.csv``,
-``table.md`` (mean ± std over seeds), ``curves.png``, ``metric_vs_params.png``, ``cost.png``.
+``table.md`` (mean ± std over seeds), ``reproduction.md`` (each paper's claim: reproduced or not),
+``curves.png``, ``metric_vs_params.png``, ``cost.png``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,91 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# Each seed paper's headline claim, the paper's own evidence (quoted, their setting) and the comparison of
+# our table that tests its direction at our (much smaller) scale. kind "better": method beats baseline on the
+# metric; "faster": lower median step time; "fewer_params": fewer trainable parameters and not worse.
+REPRODUCTION_CLAIMS = (
+    {"paper": "LoRA (arXiv 2106.09685)", "claim": "LoRA r=8 matches full fine-tuning with a tiny fraction of the parameters",
+     "paper_evidence": "GLUE/GPT-3: on par with or better than full FT", "method": "lora", "baseline": "full",
+     "kind": "matches", "tolerance": 0.02},
+    {"paper": "rsLoRA (arXiv 2312.03732)", "claim": "alpha/sqrt(r) scaling learns better than alpha/r",
+     "paper_evidence": "GSM8K Llama-2-7B r=8 (LoRA-Pro's table): 45.62 vs 42.08", "method": "rslora",
+     "baseline": "lora", "kind": "better"},
+    {"paper": "LoRA-Pro (arXiv 2407.18242)", "claim": "adjusted gradients beat LoRA, closing most of the gap to full FT",
+     "paper_evidence": "GSM8K Llama-2-7B r=8: 54.23 vs LoRA 42.08", "method": "lora-pro", "baseline": "lora",
+     "kind": "better", "gap_to": "full"},
+    {"paper": "XGBLoRA (arXiv 2410.19694)", "claim": "rank-1 boosting beats LoRA with far fewer trainable parameters",
+     "paper_evidence": "abstract: better than LoRA, fewer parameters and less memory (tables not verified)",
+     "method": "xgblora", "baseline": "lora", "kind": "fewer_params"},
+    {"paper": "Bone (arXiv 2409.15371)", "claim": "Bone beats LoRA at a similar parameter count",
+     "paper_evidence": "GSM8K Llama-2-7B: 49.36 (87.0M) vs LoRA 38.97 (89.9M)", "method": "bone", "baseline": "lora",
+     "kind": "better"},
+    {"paper": "Bone (arXiv 2409.15371)", "claim": "Bone computes faster than LoRA",
+     "paper_evidence": "README: 'faster computation' (PEFT bench: about the same time)", "method": "bone",
+     "baseline": "lora", "kind": "faster"},
+    {"paper": "Bone/Bat (arXiv 2409.15371)", "claim": "the weight guide (Bat) beats plain Bone",
+     "paper_evidence": "PEFT MetaMathQA bench, Llama-3.2-3B: 50.42 vs 48.67", "method": "bat", "baseline": "bone",
+     "kind": "better"},
+    {"paper": "GeLoRA (arXiv 2412.09250)", "claim": "intrinsic-dimension ranks beat uniform LoRA at the same budget",
+     "paper_evidence": "DeBERTaV3 GLUE: better than LoRA at equal budget (numbers not verified)", "method": "gelora",
+     "baseline": "lora", "kind": "better"},
+)
+
+
+def reproduction_rows(results: dict) -> list[dict]:
+    """Our verdict on each claim whose methods are in ``results``: reproduced / not reproduced, with numbers."""
+    table, sign = results["table"], 1.0 if results["higher_is_better"] else -1.0
+    rows = []
+    for claim in REPRODUCTION_CLAIMS:
+        ours, base = table.get(claim["method"]), table.get(claim["baseline"])
+        if ours is None or base is None:
+            continue
+        diff = sign * (ours["mean"] - base["mean"])  # > 0: the method is better
+        spread = max(ours["std"], base["std"])
+        if claim["kind"] == "faster":
+            held = ours["median_step_time_s"] < base["median_step_time_s"]
+            measured = (f"{ours['median_step_time_s']:.3f} vs {base['median_step_time_s']:.3f} s/step "
+                        f"({ours['median_step_time_s'] / base['median_step_time_s']:.2f}x)")
+        else:
+            if claim["kind"] == "matches":
+                held = diff >= -claim["tolerance"]
+            elif claim["kind"] == "fewer_params":
+                held = diff >= 0 and ours["trainable_params"] < base["trainable_params"]
+            else:
+                held = diff > 0
+            measured = (f"{results['metric']} {ours['mean']:.4f} ± {ours['std']:.4f} vs {base['mean']:.4f} ± "
+                        f"{base['std']:.4f} ({claim['baseline']})")
+            if claim["kind"] == "fewer_params":
+                measured += f"; trainable {ours['trainable_params']:,} vs {base['trainable_params']:,}"
+            if claim["kind"] == "matches":
+                measured += f"; tolerance {claim['tolerance']}"
+            if claim.get("gap_to") in table:
+                from lowrank_lab.experiment import gap_closed
+
+                fraction = gap_closed(base["mean"], ours["mean"], table[claim["gap_to"]]["mean"],
+                                      results["higher_is_better"])
+                measured += "; gap to full FT closed: " + ("n/a (full FT not better)" if fraction is None
+                                                           else f"{fraction:.0%}")
+            if results["seeds"] > 1 and abs(diff) <= spread:
+                measured += " (difference within the seed spread)"
+        verdict = "reproduced" if held else "not reproduced"
+        if results["scale"] == "smoke":  # a few steps on a few examples exercise the code, they test nothing
+            verdict = "n/a at smoke scale"
+        rows.append({**claim, "measured": measured, "verdict": verdict})
+    return rows
+
+
+def reproduction_markdown(results: dict) -> str:
+    lines = [f"Reproduction at our scale: {results['task']} · {results['model']} · {results['scale']} · "
+             f"{results['seeds']} seed(s). The papers' evidence is theirs (their models and data); ours is a "
+             "direction test on a small model and budget.", "",
+             "| paper | claim | paper's evidence | our measurement | verdict |", "|---|---|---|---|---|"]
+    for row in reproduction_rows(results):
+        lines.append(f"| {row['paper']} | {row['claim']} | {row['paper_evidence']} | {row['measured']} | "
+                     f"**{row['verdict']}** |")
+    return "\n".join(lines)
+
+
 def write_outputs(out: Path, results: dict, histories: dict) -> None:
     import matplotlib.pyplot as plt
 
@@ -202,6 +288,7 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
         writer.writeheader()
         writer.writerows(results["runs"])
     (out / "table.md").write_text(markdown(results) + "\n")
+    (out / "reproduction.md").write_text(reproduction_markdown(results) + "\n")
 
     title = f"{results['task']} ({results['model']}, {results['scale']})"
     if histories:

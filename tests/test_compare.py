@@ -7,7 +7,7 @@ import pytest
 from lowrank_lab import cli
 from lowrank_lab.compare import COMPARE_METHODS, compare, plan
 
-ARTIFACTS = ("results.json", "results.csv", "table.md", "curves.png", "metric_vs_params.png", "cost.png")
+ARTIFACTS = ("results.json", "results.csv", "table.md", "reproduction.md", "curves.png", "metric_vs_params.png", "cost.png")
 
 
 def test_every_method_at_smoke_writes_every_artifact_and_resumes(tmp_path):
@@ -46,3 +46,28 @@ def test_bad_input_exits_2_before_any_run(tmp_path, capsys, argv, message):
 def test_a_budget_no_rank_can_meet_is_refused_before_any_run():
     with pytest.raises(ValueError, match="cannot meet the budget"):
         plan(("lora", "bone"), "sentiment", "minilm", r=4096)
+
+
+def _results(scale="cpu", seeds=3, higher=True, **means):
+    row = lambda mean, std=0.01, params=1000, time_s=0.1: {"mean": mean, "std": std, "trainable_params": params,
+                                                            "median_step_time_s": time_s}
+    return {"metric": "accuracy", "higher_is_better": higher, "scale": scale, "seeds": seeds, "task": "t",
+            "model": "m", "table": {k: row(*v) if isinstance(v, tuple) else row(v) for k, v in means.items()}}
+
+
+def test_reproduction_verdicts_follow_the_numbers():
+    from lowrank_lab.compare import reproduction_rows
+
+    rows = {(r["method"], r["kind"]): r for r in reproduction_rows(_results(
+        full=0.90, lora=0.80, **{"lora-pro": 0.85}, bone=(0.79, 0.01, 1000, 0.09), bat=(0.81, 0.01, 1000, 0.2)))}
+    assert rows[("lora-pro", "better")]["verdict"] == "reproduced"
+    assert "gap to full FT closed: 50%" in rows[("lora-pro", "better")]["measured"]
+    assert rows[("lora", "matches")]["verdict"] == "not reproduced"  # 0.80 vs 0.90, tolerance 0.02
+    assert rows[("bone", "better")]["verdict"] == "not reproduced"
+    assert rows[("bone", "faster")]["verdict"] == "reproduced"
+    assert rows[("bat", "better")]["verdict"] == "reproduced"
+    assert ("gelora", "better") not in rows  # a method not in the table gives no row
+    lower = reproduction_rows(_results(higher=False, lora=2.0, **{"lora-pro": 1.5}))
+    assert lower[0]["verdict"] == "reproduced"  # lower loss is better
+    smoke = reproduction_rows(_results(scale="smoke", lora=0.5, **{"lora-pro": 0.9}))
+    assert smoke[0]["verdict"] == "n/a at smoke scale"
