@@ -246,11 +246,13 @@ def run_compare(args) -> int:
                           show_progress=not args.quiet, command=command_line(args.argv))
     except ValueError as err:  # unknown method, a budget a method cannot meet: before any run starts
         raise UsageError(str(err)) from None
-    from lowrank_lab.compare import markdown
+    from lowrank_lab.compare import markdown, reproduction_markdown
 
     print()
     print(markdown(results))
-    print(f"\nwrote {out}/results.json, results.csv, table.md, curves.png, metric_vs_params.png, cost.png "
+    print()
+    print(reproduction_markdown(results))
+    print(f"\nwrote {out}/results.json, results.csv, table.md, reproduction.md, curves.png, metric_vs_params.png, cost.png "
           f"({results['wall_time_s']:.0f} s)")
     return 0
 
