@@ -77,7 +77,7 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
     planned = {}
     for method in methods:
         rule = MATCHING.get(method, "same_r")
-        chosen = r
+        chosen = 1 if rule == "steps" else r  # XGBLoRA: the paper's rank-1 boosters
         if rule == "search_r":
             best = None
             for candidate in range(1, 8 * r + 1):
