@@ -83,3 +83,31 @@ def test_target_modules_matching_nothing_exits_2(tmp_path, capsys):
     assert main(argv) == 2
     assert "no_such_layer" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method, flags, expected", [
+    ("lora", ["--steps-per-round", "2"], "--steps-per-round only apply to --method xgblora"),
+    ("xgblora", ["--steps-per-round", "100"], "total_steps=8], got 100"),  # smoke budget: K = 8 steps
+    ("xgblora", ["--max-steps", "4", "--steps-per-round", "5"], "total_steps=4], got 5"),
+    ("xgblora", ["--blocks-per-round", "0"], "'0'"),
+    ("xgblora", ["--blocks-per-round", "7"], "L=6"),  # MiniLM has 6 layers: found once the model is loaded
+    ("xgblora", ["--shrinkage", "0"], "'0'"),
+    ("xgblora", ["--booster-penalty", "-1"], "'-1'"),
+    ("xgblora", ["--r", "0"], "'0'"),
+])
+def test_bad_xgblora_flags_exit_2_and_write_nothing(method, flags, expected, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--method", method, "--task", "sentiment", "--scale", "smoke", *flags, "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_smoke_xgblora_with_its_flags(tmp_path):
+    argv = ["train", "--method", "xgblora", "--task", "sentiment", "--scale", "smoke", "--r", "1",
+            "--steps-per-round", "2", "--blocks-per-round", "2", "--shrinkage", "1", "--booster-penalty", "0.01",
+            "--out", str(tmp_path / "xgb"), "--quiet"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "xgb" / "metrics.json").read_text())
+    assert metrics["method"] == "xgblora" and metrics["steps"] == 8 and metrics["r"] == 1
+    assert 0.0 <= metrics["metric_value"] <= 1.0
