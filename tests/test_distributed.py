@@ -1,5 +1,5 @@
 """Data parallel: 2 gloo processes on CPU, each on half of every batch, end with the same parameters as one
-process on the full batch (methods: LoRA, LoRA-Pro; later ones join METHODS as they land)."""
+process on the full batch: LoRA, LoRA-Pro (adjusts after the all-reduce), XGBLoRA (same blocks on every rank)."""
 
 import os
 
@@ -12,12 +12,12 @@ from safetensors.torch import load_file, save_file
 from lowrank_lab import recipes
 from lowrank_lab.train import TrainConfig, train
 
-METHODS = ["lora", "lora-pro"]
+METHODS = ["lora", "lora-pro", "xgblora"]
 STEPS, BATCH = 3, 8
 
 
 def _run(method: str, seen: list | None = None) -> dict:
-    """Train tiny-llama (classification) for a few steps; return every trainable tensor. ``seen`` collects
+    """Train tiny-llama (classification) for a few steps; return every tensor of the model. ``seen`` collects
     the number of examples in each training forward pass."""
     from lowrank_lab.assets import load_model, load_task, load_tokenizer
     from lowrank_lab.runtime import seed_everything
@@ -36,7 +36,8 @@ def _run(method: str, seen: list | None = None) -> dict:
             lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[0]) if module.training else None,
             with_kwargs=True)
     train(model, task, load_tokenizer("tiny-llama"), config, optimizer=optimizer, show_progress=False)
-    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    # Every tensor, frozen ones too: XGBLoRA's result lives in the base weights it merged into.
+    return {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
 
 
 def _worker(rank: int, world_size: int, init_file: str, out: str) -> None:
@@ -82,7 +83,7 @@ def _untrained(method):
     task = load_task("sentiment", max_train=32, max_eval=4)
     model = load_model("tiny-llama", kind="classification", num_labels=task.num_labels)
     model = recipes.prepare(method, model, "tiny-llama", task, recipes.MethodOptions(r=4))
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
 
 def test_batch_size_must_split_evenly(monkeypatch):
