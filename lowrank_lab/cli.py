@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from lowrank_lab import presets, recipes
+from lowrank_lab import distributed, presets, recipes
 from lowrank_lab.experiment import DEFAULT_MODELS, run_method
-from lowrank_lab.runtime import SCALES, environment_report, get_scale
+from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
 
@@ -187,11 +187,19 @@ def run_train(args) -> int:
 
     start = time.perf_counter()
     overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps)) if v is not None}
+    # Under torchrun / accelerate launch (WORLD_SIZE > 1): one DDP rank per process; train() shards batches.
+    started = distributed.init_from_env(get_device(scale))
+    main_process = distributed.is_main_process()
     try:
         run = run_method(args.method, args.task, model_name, scale, args.seed, options, overrides, out_dir=out,
                          show_progress=not args.quiet)
     except ValueError as err:  # e.g. --target-modules matching no layer of this model
         raise UsageError(f"method {args.method!r} could not prepare {model_name!r}: {err}") from None
+    finally:
+        if started:
+            distributed.teardown()
+    if not main_process:  # rank 0 alone writes metrics.json and curves.png and prints the table
+        return 0
     metrics = _summary_metrics(args, run, time.perf_counter() - start)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     fig = plot_curves({args.method: run.history}, out / "curves.png", metric=metrics["metric"],

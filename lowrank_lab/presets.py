@@ -12,6 +12,10 @@ Budgets on 2 CPU cores (ASSETS.md timings):
   ~1.5-3 min with MiniLM, LoRA or full FT). gsm: 60 steps of 4 x 256 tokens on SmolLM2-135M (~8 s/step)
   plus 16 greedy generations.
 * ``full``: a GPU. All data, 3 epochs, longer sequences, exact match on every validation problem.
+
+Precision: ``smoke`` and ``cpu`` train in fp32 (reproducible numbers on CPU). ``full`` asks for
+``precision="auto"``, which ``train`` resolves to bf16 autocast on a CUDA GPU with native bf16 (Ampere or
+newer) and to fp32 anywhere else, so the same preset also runs unchanged on a CPU or an older GPU.
 """
 
 from __future__ import annotations
@@ -58,14 +62,14 @@ TRAIN_PRESETS = {
     "full": {
         "classification": dict(max_train=None, max_eval=None, max_steps=None, epochs=3, batch_size=32,
                                max_length=128, eval_batch_size=128, warmup_ratio=0.06, max_generate=0,
-                               max_new_tokens=32, eval_every=200, log_every=20),
+                               max_new_tokens=32, eval_every=200, log_every=20, precision="auto"),
         "causal_lm": dict(max_train=None, max_eval=None, max_steps=None, epochs=3, batch_size=16,
                           max_length=512, eval_batch_size=32, warmup_ratio=0.03, max_generate=None,
-                          max_new_tokens=320, eval_every=200, log_every=10),
+                          max_new_tokens=320, eval_every=200, log_every=10, precision="auto"),
     },
 }
 
-COMMON = dict(weight_decay=0.0, grad_accum_steps=1, max_grad_norm=1.0)
+COMMON = dict(weight_decay=0.0, grad_accum_steps=1, max_grad_norm=1.0, precision="fp32")
 
 
 def task_kind(task_name: str) -> str:

@@ -9,6 +9,11 @@ JSON-serialisable history. Per optimizer step it:
 2. clips the gradient norm over the trainable parameters (if ``max_grad_norm``);
 3. calls ``optimizer.step()`` exactly once, then ``scheduler.step()``.
 
+Mixed precision (``TrainConfig.precision``, :class:`MixedPrecision`): "bf16" runs the forward passes under
+``torch.autocast`` (CPU or CUDA), "fp16" adds a ``GradScaler`` (CUDA only), "auto" picks bf16 on a GPU with
+native bf16 and fp32 elsewhere. Parameters and optimizer state stay fp32; "fp32" (the default) runs exactly
+the code path it always did.
+
 Any ``torch.optim.Optimizer`` can be passed in: methods that change the update rule (LoRA-Pro) bring
 their own optimizer and reuse this loop unchanged.
 
@@ -18,6 +23,7 @@ the global batch, each rank takes its slice, rank 0 logs and writes (``lowrank_l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -48,6 +54,10 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Invalid values raise ``ValueError`` naming field and value."""
@@ -69,6 +79,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seeds torch (dropout) and the data order"})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ...; None = runtime.get_device()"})
     log_every: int = field(default=10, metadata={"help": "progress-bar loss/lr refresh interval in steps"})
+    precision: str = field(default="fp32", metadata={
+        "help": "'fp32' | 'bf16' (autocast; CPU or CUDA) | 'fp16' (autocast + GradScaler; CUDA only) | "
+                "'auto' (bf16 on a CUDA GPU with native bf16, else fp32); parameters stay fp32"})
 
     def __post_init__(self):
         def fail(name, what):
@@ -99,6 +112,10 @@ class TrainConfig:
                 torch.device(self.device)
             except (RuntimeError, TypeError):
                 fail("device", "a torch device string such as 'cpu' or 'cuda', or None")
+        if self.precision not in PRECISIONS:
+            fail("precision", f"one of {PRECISIONS}")
+        if self.device is not None:  # an explicit device is checked now; device=None is checked in train()
+            resolve_precision(self.precision, self.device)
 
     @property
     def warmup_steps(self) -> int:
@@ -106,6 +123,70 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision a run on ``device`` uses: "auto" -> "bf16" on a CUDA GPU with native bf16 (Ampere or
+    newer), else "fp32". "fp16" needs CUDA: its GradScaler and fp16 kernels are a GPU recipe."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native_bf16 else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision 'fp16' needs a CUDA device (fp16 autocast + GradScaler), got device "
+                         f"{str(device)!r}; use 'bf16' (CPU or CUDA) or 'fp32'")
+    if precision == "bf16" and not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision 'bf16' needs torch.autocast on the device, which {str(device)!r} lacks")
+    return precision
+
+
+class MixedPrecision:
+    """Autocast around the forward passes, and for fp16 a GradScaler around backward and the step.
+
+    Autocast runs matmuls in the low dtype but leaves the parameters (and so the optimizer state) in fp32.
+    bf16 keeps fp32's exponent range, so nothing under- or overflows and no scaling is needed. fp16 has 5
+    exponent bits: gradients below ~6e-8 flush to 0, so the loss is multiplied by a scale S before backward.
+    :meth:`step` divides the gradients by S (``unscale_``) *before* clipping, so the clip threshold and the
+    optimizer (LoRA-Pro's adjustment included) see the true gradients. If any of them is inf/NaN, the scaler
+    skips ``optimizer.step()`` (no weight changes; LoRA-Pro never sees it) and halves S. A skipped step is not
+    an optimizer step: a schedule that counts its own steps (XGBLoRA's rounds) sees one fewer, while the
+    learning-rate schedule still advances.
+    """
+
+    def __init__(self, precision: str, device):
+        if precision != "fp32" and precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be 'fp32' or one of {tuple(AUTOCAST_DTYPES)} (resolved), "
+                             f"got {precision!r}")
+        self.precision = precision
+        self.device = torch.device(device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params, max_grad_norm: float | None) -> bool:
+        """Clip the (unscaled) gradient norm of ``params`` and step; False when fp16 skipped the step."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if max_grad_norm is not None:  # clip the accumulated gradient, before the step uses it
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)  # skips optimizer.step() if unscale_ found an inf/NaN
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale  # update() lowers the scale exactly when it skipped
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -290,7 +371,9 @@ def train(
     History keys: ``config``, ``task``, ``kind``, ``step``/``train_loss``/``lr``/``step_time_s`` (one entry
     per optimizer step), ``evals`` (``[{"step", **metrics}]``), ``final`` (``{"validation", "test"}``),
     ``median_step_time_s``, ``peak_memory_mb`` (+ ``peak_memory_kind``: CUDA allocator peak, or the
-    process-wide peak RSS on CPU), ``trainable_params``, ``total_params``, ``wall_time_s``, ``device``.
+    process-wide peak RSS on CPU), ``trainable_params``, ``total_params``, ``wall_time_s``, ``device``,
+    ``precision`` (resolved: "auto" becomes what ran) and ``skipped_steps`` (fp16 steps the GradScaler
+    skipped on inf/NaN gradients; always empty otherwise).
     Written to ``out_dir/history.json`` when ``out_dir`` is given.
     """
     if not isinstance(config, TrainConfig):
@@ -301,6 +384,8 @@ def train(
     device = distributed.local_device(torch.device(config.device) if config.device else get_device())
     world_size, rank = distributed.world()
     distributed.check_batch_size(config.batch_size)
+    precision = resolve_precision(config.precision, device)  # e.g. fp16 on CPU: refused before any change
+    amp = MixedPrecision(precision, device)
     model.to(device)
     seed_everything(config.seed)  # dropout masks; the data order has its own generator
     if device.type == "cuda":
@@ -315,18 +400,20 @@ def train(
     if scheduler is None:
         scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps)
     n_trainable, n_total = count_parameters(model)
-    forward_model = distributed.wrap(model, device)  # DDP under torchrun: averages gradients in backward
+    # DDP under torchrun: averages gradients in backward.
+    forward_model = distributed.wrap(model, device, getattr(optimizer, "ddp_find_unused_parameters", False))
 
     def run_eval(dataset, generate):
-        return _rounded(evaluate(
-            model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
-            config.max_generate if generate else 0, config.max_new_tokens, device,
-        ))
+        with amp.autocast():
+            return _rounded(evaluate(
+                model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
+                config.max_generate if generate else 0, config.max_new_tokens, device,
+            ))
 
     history = {
         "config": config.to_dict(), "task": task.name, "kind": task.kind, "device": str(device),
-        "trainable_params": n_trainable, "total_params": n_total,
-        "step": [], "train_loss": [], "lr": [], "step_time_s": [], "evals": [],
+        "precision": precision, "trainable_params": n_trainable, "total_params": n_total,
+        "step": [], "train_loss": [], "lr": [], "step_time_s": [], "evals": [], "skipped_steps": [],
     }
     model.train()
     bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress or rank != 0)
@@ -337,19 +424,19 @@ def train(
         step_loss = 0.0
         for _ in range(config.grad_accum_steps):
             batch = distributed.shard(next(batches), rank, world_size)
-            loss = forward_model(**_to_device(batch, device)).loss
+            with amp.autocast():
+                loss = forward_model(**_to_device(batch, device)).loss
             mean_loss = distributed.mean_over_ranks(loss.item(), device)  # every rank stops together
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
                     f"non-finite training loss {mean_loss} at step {step}; stopping "
                     f"(lr={optimizer.param_groups[0]['lr']:.3g}: try a lower lr or max_grad_norm)"
                 )
-            (loss / config.grad_accum_steps).backward()
+            amp.backward(loss / config.grad_accum_steps)
             step_loss += mean_loss / config.grad_accum_steps
-        if config.max_grad_norm is not None:  # clip the accumulated gradient, before the step uses it
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        if not amp.step(optimizer, trainable, config.max_grad_norm):
+            history["skipped_steps"].append(step)
         scheduler.step()
         _sync(device)
         history["step_time_s"].append(time.perf_counter() - t0)

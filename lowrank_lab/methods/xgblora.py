@@ -30,7 +30,8 @@ The schedule is a ``torch.optim.AdamW`` subclass, so it plugs into ``lowrank_lab
 ``make_optimizer`` hook and a Hugging Face ``Trainer``. The model is injected once with rank-r LoRA on all
 target modules; inactive layers are switched off (``layer.disabled``): their forward is the plain base
 layer, so they cost nothing and get no gradient. All boosters keep ``requires_grad=True`` (what training
-loops and DDP see stays fixed; under DDP use ``find_unused_parameters=True``).
+loops and DDP see stays fixed; the class sets ``ddp_find_unused_parameters = True``, which ``train`` passes
+to DDP so it does not wait for the idle boosters' gradients).
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class XGBLoRA(torch.optim.AdamW):
     ΔW would be smaller (re-compressing the stack by SVD is left to the user; lesson 03, exercise 6).
     Resuming from ``state_dict()`` is not supported: the round counters and the record are not in it.
     """
+
+    ddp_find_unused_parameters = True  # idle boosters get no gradient for a whole round (lowrank_lab.distributed)
 
     def __init__(self, model: nn.Module, total_steps: int, steps_per_round: int, blocks_per_round: int | None = None,
                  lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
