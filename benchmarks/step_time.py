@@ -97,6 +97,34 @@ register("lora-pro")(lambda model, args: build_ours(model, args, False, lora_pro
 register("lora-pro-efficient")(lambda model, args: build_ours(model, args, False, lora_pro("efficient")))
 
 
+def build_bone(model, args, variant, recompute_weight=True):
+    """Bone/Bat at LoRA r's parameter count: r_bone = the r closest to lora_r·Σ(in+out)/Σout (Bat: r | in, out)."""
+    from lowrank_lab import BoneConfig, inject
+    from lowrank_lab.layers.bone import bone_rank_matching_lora
+
+    r = bone_rank_matching_lora(model, args.targets, args.r, variant)
+    config = BoneConfig(r=r, target_modules=args.targets, variant=variant, recompute_weight=recompute_weight,
+                        modules_to_save=args.modules_to_save)
+    model = inject(model, config)
+    return model, adamw(model, args)
+
+
+register("bone")(lambda model, args: build_bone(model, args, "bone"))
+register("bat")(lambda model, args: build_bone(model, args, "bat"))
+register("bat-keep-weight")(lambda model, args: build_bone(model, args, "bat", recompute_weight=False))
+
+
+@register("xgblora")
+def build_xgblora(model, args):
+    """Rank-1 boosters (alpha 2, s = 2 like LoRA's 16/8) on L_s of L blocks; step() includes every merge.
+    --steps-per-round 1 (default) merges and redraws the blocks on every step: the worst case for the merge cost."""
+    from lowrank_lab import LoRAConfig, XGBLoRA, inject
+
+    model = inject(model, LoRAConfig(r=1, alpha=2, target_modules=args.targets, modules_to_save=args.modules_to_save))
+    return model, XGBLoRA(model, total_steps=10**9, steps_per_round=args.steps_per_round,
+                          blocks_per_round=args.blocks_per_round, lr=args.lr, seed=args.seed)
+
+
 @register("peft-lora")
 def build_peft_lora(model, args):
     from peft import LoraConfig, get_peft_model  # ImportError -> method skipped
@@ -219,6 +247,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--baseline", default="peft-lora", help="method the ratio columns divide by (e.g. lora)")
+    p.add_argument("--steps-per-round", type=int, default=1, help="xgblora: kappa (1 = merge after every step)")
+    p.add_argument("--blocks-per-round", type=int, default=None, help="xgblora: L_s (default: 11/32 of the layers)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.device = torch.device(args.device)

@@ -19,7 +19,10 @@ from .adapters import (
 )
 from .io import export_peft, load_adapter, save_adapter
 from .layers import AdapterConfig, AdapterLayer, LoRAConfig, LoRALinear
+from .layers.bone import BatLinear, BoneConfig, BoneLinear, bone_to_lora
+from .methods.gelora import IDEstimate, gelora_ranks, intrinsic_dimension, intrinsic_dimension_interval
 from .methods.lora_pro import LoRAProAdamW, LoRAProSGD, adjusted_gradients, equivalent_gradient, solve_sylvester
+from .methods.xgblora import XGBLoRA
 from . import checks, claims
 from .plotting import plot_curves
 from .train import TrainConfig, evaluate, train
@@ -30,6 +33,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterConfig",
     "AdapterLayer",
+    "BatLinear",
+    "BoneConfig",
+    "BoneLinear",
+    "bone_to_lora",
+    "IDEstimate",
+    "gelora_ranks",
+    "intrinsic_dimension",
+    "intrinsic_dimension_interval",
     "LoRAConfig",
     "LoRALinear",
     "LoRAProAdamW",
@@ -37,6 +48,7 @@ __all__ = [
     "NoMatchingModulesError",
     "SCALES",
     "TrainConfig",
+    "XGBLoRA",
     "adapter_layers",
     "checks",
     "claims",

@@ -172,6 +172,24 @@ def _lora_to_peft(model: nn.Module, config: AdapterConfig) -> tuple[dict, dict[s
 PEFT_EXPORTERS["lora"] = _lora_to_peft
 
 
+def _miss_to_peft(model: nn.Module, config: AdapterConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Bone -> PEFT ``MissConfig(init_weights=True)``, Bat -> ``init_weights="bat"``; same tensor layout."""
+    peft_config = {
+        "peft_type": "MISS",
+        "r": config.r,
+        "miss_dropout": config.dropout,
+        "mini_r": 1,
+        "init_weights": True if config.variant == "bone" else "bat",
+        "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
+        "bias": "none",
+    }
+    tensors = {f"base_model.model.{name}.miss_block": layer.bone_block for name, layer in adapter_layers(model).items()}
+    return peft_config, tensors
+
+
+PEFT_EXPORTERS["bone"] = PEFT_EXPORTERS["bat"] = _miss_to_peft
+
+
 def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write the adapter in HF PEFT's format: ``PeftModel.from_pretrained(base, directory)`` loads it."""
     config = get_config(model)

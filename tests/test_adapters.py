@@ -19,6 +19,10 @@ METHODS = {
     "rslora": lambda: lrl.LoRAConfig(r=4, alpha=4, target_modules=("lin0", "lin1"), use_rslora=True),
     "lora-rank-pattern": lambda: lrl.LoRAConfig(r=2, alpha=4, target_modules=("lin0", "lin1"), rank_pattern={"lin1": 3}),
     "lora-regex-head": lambda: lrl.LoRAConfig(r=3, alpha=6, target_modules=r"lin\d", modules_to_save=("head",)),
+    "bone": lambda: lrl.BoneConfig(r=3, target_modules=("lin0", "lin1")),  # 20 % 3 != 0: padded last shard
+    "bone-regex-head": lambda: lrl.BoneConfig(r=4, target_modules=r"lin\d", modules_to_save=("head",)),
+    "bat": lambda: lrl.BoneConfig(r=4, target_modules=("lin0", "lin1"), variant="bat"),
+    "bat-keep-weight": lambda: lrl.BoneConfig(r=2, target_modules=("lin0", "lin1"), variant="bat", recompute_weight=False),
 }
 
 
