@@ -1,5 +1,5 @@
 """Data parallel: 2 gloo processes on CPU, each on half of every batch, end with the same parameters as one
-process on the full batch: LoRA, LoRA-Pro (adjusts after the all-reduce), XGBLoRA (same blocks on every rank)."""
+process on the full batch: LoRA, LoRA-Pro (adjusts after the all-reduce), XGBLoRA (same blocks on every rank), Bone."""
 
 import os
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from lowrank_lab import recipes
 from lowrank_lab.train import TrainConfig, train
 
-METHODS = ["lora", "lora-pro", "xgblora"]
+METHODS = ["lora", "lora-pro", "xgblora", "bone"]
 STEPS, BATCH = 3, 8
 
 
