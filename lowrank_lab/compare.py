@@ -82,6 +82,8 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
             best = None
             for candidate in range(1, 8 * r + 1):
                 count = _trainable(method, model, model_name, task, candidate)
+                if count is None and best is not None:
+                    break  # refused after an accepted rank: larger than the layers from here on
                 if count is not None and (best is None or abs(count - budget) < abs(best[1] - budget)):
                     best = (candidate, count)
                 if count is not None and count > budget:
