@@ -50,15 +50,17 @@ CSV_FIELDS = ("method", "seed", "options_r", "metric", "metric_value", "test_met
               "trainable_params", "total_params", "lr", "steps", "median_step_time_s", "peak_memory_mb", "wall_time_s")
 
 
-def _trainable(method: str, model, model_name: str, task, r: int) -> int | None:
-    """Trainable parameters of ``method`` at rank ``r`` on a copy of ``model``; None if ``r`` is refused."""
-    from lowrank_lab.adapters import count_parameters
+def _trainable(method: str, model, model_name: str, task, r: int) -> tuple[int, int] | None:
+    """(trainable parameters, largest side of an adapted layer) of ``method`` at rank ``r`` on a copy of
+    ``model``; None if ``r`` is refused (e.g. Bat needs r to divide every side)."""
+    from lowrank_lab.adapters import adapter_layers, count_parameters
 
     try:
         prepared = recipes.prepare(method, copy.deepcopy(model), model_name, task, recipes.MethodOptions(r=r))
     except ValueError:
         return None
-    return count_parameters(prepared)[0]
+    sides = [max(layer.in_features, layer.out_features) for layer in adapter_layers(prepared).values()]
+    return count_parameters(prepared)[0], max(sides, default=0)
 
 
 def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
@@ -71,22 +73,26 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
     task = load_task(task_name, max_train=8, max_eval=8)  # only shapes and the head size matter here
     kind = presets.task_kind(task_name)
     model = load_model(model_name, kind=kind, num_labels=task.num_labels if kind == "classification" else None)
-    budget = _trainable("lora", model, model_name, task, r)
-    if budget is None:
+    lora = _trainable("lora", model, model_name, task, r)
+    if lora is None:
         raise ValueError(f"r={r} is not a valid LoRA rank for {model_name!r}, so it defines no budget")
+    budget = lora[0]
     planned = {}
     for method in methods:
         rule = MATCHING.get(method, "same_r")
         chosen = 1 if rule == "steps" else r  # XGBLoRA: the paper's rank-1 boosters
         if rule == "search_r":
-            best = None
+            best, largest_side = None, None
             for candidate in range(1, 8 * r + 1):
-                count = _trainable(method, model, model_name, task, candidate)
-                if count is None and best is not None:
-                    break  # refused after an accepted rank: larger than the layers from here on
-                if count is not None and (best is None or abs(count - budget) < abs(best[1] - budget)):
+                if largest_side is not None and candidate > largest_side:
+                    break  # no layer accepts a rank beyond its own size
+                result = _trainable(method, model, model_name, task, candidate)
+                if result is None:
+                    continue  # this rank is refused (Bat: not a divisor); a larger one may be accepted
+                count, largest_side = result
+                if best is None or abs(count - budget) < abs(best[1] - budget):
                     best = (candidate, count)
-                if count is not None and count > budget:
+                if count > budget:
                     break  # counts grow with the rank: nothing beyond can be closer
             if best is None or not budget / 2 <= best[1] <= 2 * budget:
                 got = "no rank was accepted" if best is None else f"closest: r={best[0]} with {best[1]:,}"
