@@ -17,27 +17,12 @@ from torch import nn
 
 from lowrank_lab import experiment, presets, recipes
 from lowrank_lab.adapters import adapter_layers, inject
-from lowrank_lab.assets import load_model, load_task, load_tokenizer
+from lowrank_lab.assets import load_model
 from lowrank_lab.layers.lora import LoRAConfig
 from lowrank_lab.methods.lora_pro import LoRAProAdamW
 from lowrank_lab.train import MixedPrecision, TrainConfig, resolve_precision, train
 
 train_module = sys.modules["lowrank_lab.train"]  # the package re-exports the function `train` under that name
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def sentiment():
-    return load_task("sentiment", max_train=32, max_eval=16)
-
-
-@pytest.fixture(scope="module")
-def gsm():
-    return load_task("gsm", max_train=8, max_eval=4)
 
 
 def config(**overrides) -> TrainConfig:

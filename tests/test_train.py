@@ -12,24 +12,9 @@ import pytest
 import torch
 
 from lowrank_lab import recipes
-from lowrank_lab.assets import load_model, load_task, load_tokenizer
+from lowrank_lab.assets import load_model
 from lowrank_lab.data import IGNORE_INDEX, encode_prompt, format_prompt, make_loader
 from lowrank_lab.train import TrainConfig, answers_match, parse_answer, train, warmup_cosine
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def sentiment():
-    return load_task("sentiment", max_train=32, max_eval=16)
-
-
-@pytest.fixture(scope="module")
-def gsm():
-    return load_task("gsm", max_train=8, max_eval=4)
 
 
 def tiny_classifier(seed: int = 0):
