@@ -40,24 +40,22 @@ def _int_at_least(lowest: int, what: str):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _finite_float_above(lowest: float, inclusive: bool, what: str):
+    """A parser for finite floats > lowest (>= lowest when ``inclusive``), failing with ``what``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        above = value >= lowest if inclusive else value > lowest
+        if not above or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+_positive_float = _finite_float_above(0.0, inclusive=False, what="a positive number")
+_nonnegative_float = _finite_float_above(0.0, inclusive=True, what="a number >= 0")
 
 
 def _module_list(text: str) -> tuple[str, ...]:
