@@ -23,6 +23,8 @@ from lowrank_lab.layers.bone import (
     tiled_identity,
 )
 
+from judges import assert_same_logits_and_gradients, export_and_load_in_peft, judge_base_model, judge_batch
+
 F64 = torch.float64
 
 
@@ -406,15 +408,13 @@ peft_cases = {
     "tiny-llama-bat": ("tiny-llama", "causal_lm", dict(r=8, variant="bat", target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))),
     "tiny-llama-bat-keep-weight": ("tiny-llama", "causal_lm", dict(r=16, variant="bat", recompute_weight=False, target_modules=("q_proj", "v_proj", "down_proj"))),
 }
-TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def peft_pair(name, kind, kwargs):
     peft = pytest.importorskip("peft")
-    from lowrank_lab.assets import load_model, model_spec
+    from lowrank_lab.assets import model_spec
 
-    torch.manual_seed(0)
-    base = load_model(name, kind=kind, num_labels=2 if kind == "classification" else None).eval()
+    base = judge_base_model(name, kind)
     head = model_spec(name).head_modules[kind]
     ours = lrl.inject(copy.deepcopy(base), lrl.BoneConfig(modules_to_save=head, **kwargs))
     lrl.checks.randomize_adapters(ours, std=0.05, seed=7)  # NON-zero D
@@ -427,45 +427,18 @@ def peft_pair(name, kind, kwargs):
     return peft, base, ours, theirs
 
 
-def peft_batch(name, kind):
-    from lowrank_lab.assets import load_tokenizer
-
-    enc = load_tokenizer(name)(["a gripping, beautifully acted film", "flat and lifeless, a chore to sit through"],
-                               padding=True, return_tensors="pt")
-    inputs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    labels = torch.tensor([1, 0]) if kind == "classification" else enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    return inputs, labels
-
-
 @pytest.mark.parametrize("case", sorted(peft_cases))
 def test_same_logits_and_gradients_as_peft_miss(case):
     name, kind, kwargs = peft_cases[case]
     _, base, ours, theirs = peft_pair(name, kind, kwargs)
-    inputs, labels = peft_batch(name, kind)
-    with torch.no_grad():
-        base_logits = base(**inputs).logits
-    out_ours, out_theirs = ours(**inputs, labels=labels), theirs(**inputs, labels=labels)
-    assert (out_ours.logits - base_logits).abs().max() > 1e-3, "adapter must be non-identity"
-    torch.testing.assert_close(out_ours.logits, out_theirs.logits, **TOL)
-    out_ours.loss.backward()
-    out_theirs.loss.backward()
-    for module_name, layer in lrl.adapter_layers(ours).items():
-        peft_block = theirs.base_model.model.get_submodule(module_name).miss_block["default"]
-        assert layer.bone_block.grad.abs().max() > 0
-        torch.testing.assert_close(layer.bone_block.grad, peft_block.grad, **TOL)
-    assert lrl.count_parameters(ours)[0] == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert_same_logits_and_gradients(base, ours, theirs, *judge_batch(name, kind), lambda layer, peft_layer: [
+        (layer.bone_block.grad, peft_layer.miss_block["default"].grad)])
 
 
 @pytest.mark.parametrize("case", sorted(peft_cases))
 def test_exported_adapter_loads_in_peft_with_identical_logits(case, tmp_path):
     name, kind, kwargs = peft_cases[case]
     peft, base, ours, _ = peft_pair(name, kind, kwargs)
-    if kind == "classification":  # a trained head travels with the adapter
-        with torch.no_grad():
-            ours.classifier.weight.normal_()
-    inputs, _ = peft_batch(name, kind)
-    lrl.export_peft(ours, tmp_path)
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    inputs, _ = judge_batch(name, kind)
+    loaded = export_and_load_in_peft(peft, base, ours, kind, inputs, tmp_path, atol=1e-5)
     assert loaded.peft_config["default"].init_weights == ("bat" if kwargs.get("variant") == "bat" else True)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs).logits, ours(**inputs).logits, rtol=0, atol=1e-5)
