@@ -67,6 +67,35 @@ def build_frozen(model, args):
     return model, None
 
 
+class DropGradients(torch.optim.Optimizer):
+    """No update, no state: ``zero_grad`` only, so gradients do not pile up between timed steps."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+
+@register("weight-grad")
+def build_weight_grad(model, args):
+    """``frozen`` + the full weight gradient G = δᵀX of every targeted layer, no update: Bat's arithmetic floor.
+
+    Bat's W' depends on D through every entry, so any exact backward needs G (one N×out×in GEMM per layer)
+    on top of ``frozen``'s forward and input-gradient GEMMs; ``bat`` / ``weight-grad`` is what Bat's own
+    work adds beyond that.
+    """
+    from lowrank_lab.layers.base import module_matches
+
+    model.requires_grad_(False)
+    model.enable_input_require_grads()
+    weights = [module.weight for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and module_matches(args.targets, name)]
+    for weight in weights:
+        weight.requires_grad_(True)
+    return model, DropGradients(weights)
+
+
 @register("full")
 def build_full(model, args):
     model.requires_grad_(True)
