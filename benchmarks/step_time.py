@@ -87,8 +87,7 @@ def build_weight_grad(model, args):
     """
     from lowrank_lab.layers.base import module_matches
 
-    model.requires_grad_(False)
-    model.enable_input_require_grads()
+    model, _ = build_frozen(model, args)
     weights = [module.weight for name, module in model.named_modules()
                if isinstance(module, torch.nn.Linear) and module_matches(args.targets, name)]
     for weight in weights:
