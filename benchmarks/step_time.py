@@ -35,6 +35,7 @@ import ctypes
 import gc
 import importlib.util
 import json
+import os
 import re
 import statistics
 import sys
@@ -42,7 +43,9 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+# Before torch loads OpenMP: spinning workers are several times slower on a shared machine (lowrank_lab/__init__).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 MB = 2**20
 BUILDERS = {}  # name -> function(model, args) -> (model, optimizer or None); add methods with @register

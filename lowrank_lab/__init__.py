@@ -5,7 +5,16 @@ Optimizer-style methods (a torch optimizer over an injected model): LoRA-Pro.
 Everything a lesson needs is importable from here: ``import lowrank_lab as lrl``.
 """
 
-from .adapters import (
+import os
+
+# OpenMP workers that spin while waiting make every step several times slower as soon as another process
+# (a notebook kernel, a browser, a second run) shares the cores: measured 9x on 2 cores. Passive waiting
+# costs nothing when the machine is idle. It must be set before torch loads its OpenMP runtime, so here,
+# ahead of every import of torch that goes through lowrank_lab (the CLI, compare's child runs, benchmarks);
+# a value the user set wins, and a torch imported before lowrank_lab keeps its own setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .adapters import (  # noqa: E402  (after the OpenMP setting above)
     NoMatchingModulesError,
     adapter_layers,
     adapter_state_dict,

@@ -8,12 +8,13 @@ the model. So a bad config never leaves a half-injected model behind.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .layers.base import AdapterConfig, AdapterLayer, module_matches
+from .layers.base import AdapterConfig, AdapterLayer, NonFiniteError, module_matches
 
 CONFIG_ATTR = "lowrank_lab_config"
 
@@ -93,28 +94,48 @@ def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
     return layers
 
 
+def _check_candidates(layers: dict[str, AdapterLayer], action: str) -> None:
+    """Compute every layer's new weight (merge or unmerge) without writing; a refusal names the module."""
+    for name, layer in layers.items():
+        try:
+            layer.merge_candidate() if action == "merge" else layer.unmerge_candidate()
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{name}: {exc}") from None
+        except ValueError as exc:  # e.g. Bat's unmerge with a singular I + D_i
+            raise ValueError(f"{name}: {exc}") from None
+
+
+def _split_by_state(model: nn.Module, merged: bool, action: str) -> dict[str, AdapterLayer]:
+    """The layers still to ``action``; warns (naming them) about those already done."""
+    layers = _require_adapters(model)
+    done = [name for name, layer in layers.items() if layer.merged == merged]
+    if done:
+        state = "merged" if merged else "unmerged"
+        warnings.warn(f"Already {state}: {done}; nothing to do for {'it' if len(done) == 1 else 'them'} ({action})")
+    return {name: layer for name, layer in layers.items() if layer.merged != merged}
+
+
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
     """Write every adapter's update into its frozen weight (fp32 accumulation).
 
     All merged weights are computed and checked finite first, then written: a NaN in one adapter leaves
-    the whole model untouched. Merging an already-merged layer warns and does nothing (idempotent).
+    the whole model untouched, and the error names the module. Merging an already-merged layer warns and
+    does nothing (idempotent).
     """
-    layers = [layer for layer in _require_adapters(model).values() if not layer.merged]
-    for layer in layers:
-        layer.merge_candidate()  # raises on non-finite before anything is written
-    for layer in layers:
+    layers = _split_by_state(model, merged=True, action="merge")
+    _check_candidates(layers, "merge")  # raises before anything is written
+    for layer in layers.values():
         layer.merge()
     return model
 
 
 @torch.no_grad()
 def unmerge(model: nn.Module) -> nn.Module:
-    """Undo :func:`merge`, restoring W0 up to fp32 round-off; idempotent like ``merge``."""
-    layers = [layer for layer in _require_adapters(model).values() if layer.merged]
-    for layer in layers:
-        layer.unmerge_candidate()
-    for layer in layers:
+    """Undo :func:`merge`, restoring W0 up to fp32 round-off; idempotent (and warning) like ``merge``."""
+    layers = _split_by_state(model, merged=False, action="unmerge")
+    _check_candidates(layers, "unmerge")
+    for layer in layers.values():
         layer.unmerge()
     return model
 

@@ -5,57 +5,72 @@ Each subcommand is an ``add_<name>_parser(subparsers)`` function that sets ``fun
 method registered with ``recipes.register_method`` is available here without editing this file.
 
 Every argument is checked before any model or data is loaded; a bad value exits with code 2 and a message
-naming the value and the valid ones, and nothing is written to ``--out``.
+naming the value and the valid ones, and nothing is written to ``--out``. Exit codes: 0 done, 2 bad arguments
+(or a model/method that cannot be set up with them), 3 training failed, 4 the run diverged (a non-finite
+loss, update or evaluation). A failed or diverged run still writes ``metrics.json`` (``status`` says which,
+with the error; no metric) and ``history.json`` up to the failure, and prints one line, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from lowrank_lab import distributed, presets, recipes
-from lowrank_lab.experiment import DEFAULT_MODELS, run_method
+from lowrank_lab import distributed, files, presets, recipes
+from lowrank_lab.experiment import DEFAULT_MODELS, run_method, run_spec
 from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale
+from lowrank_lab.train import TrainingDiverged, TrainingFailed
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
-
+TRAINING_FAILED = 3  # training started and broke (a crash, out of memory): nothing to report
+DIVERGED = 4  # the run finished as a result: it diverged at these settings
+EXIT_CODES = {"failed": TRAINING_FAILED, "diverged": DIVERGED}
+# Upper bounds checked at parse time: beyond them a value is a typo, or overflows float32 inside a step.
+MAX_RANK = 65536
+MAX_LR = 10.0
+MAX_ALPHA = 1e4
+MAX_SHRINKAGE = 10.0
+MAX_PENALTY = 1e4
 
 
 class UsageError(Exception):
     """A bad argument found after parsing (e.g. a model that cannot do the task): exit code 2."""
 
 
-def _int_at_least(lowest: int, what: str):
+def _int_at_least(lowest: int, what: str, highest: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < lowest:
+        if value < lowest or (highest is not None and value > highest):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
     return parse
 
 
-def _finite_float_above(lowest: float, inclusive: bool, what: str):
-    """A parser for finite floats > lowest (>= lowest when ``inclusive``), failing with ``what``."""
+def _finite_float_above(lowest: float, inclusive: bool, what: str, highest: float = float("inf")):
+    """A parser for finite floats > lowest (>= lowest when ``inclusive``) and <= highest, failing with ``what``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
         above = value >= lowest if inclusive else value > lowest
-        if not above or value == float("inf"):
+        if not above or not value <= highest or value == float("inf"):  # NaN fails "<=" too
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
     return parse
 
 
-_positive_float = _finite_float_above(0.0, inclusive=False, what="a positive number")
-_nonnegative_float = _finite_float_above(0.0, inclusive=True, what="a number >= 0")
+_rank = _int_at_least(1, f"a positive int <= {MAX_RANK}", MAX_RANK)
+_learning_rate = _finite_float_above(0.0, inclusive=False, what=f"a positive number <= {MAX_LR:g}", highest=MAX_LR)
+_alpha = _finite_float_above(0.0, inclusive=False, what=f"a positive number <= {MAX_ALPHA:g}", highest=MAX_ALPHA)
+_shrinkage = _finite_float_above(0.0, inclusive=False, what=f"a positive number <= {MAX_SHRINKAGE:g}",
+                                 highest=MAX_SHRINKAGE)
+_penalty = _finite_float_above(0.0, inclusive=True, what=f"a number in [0, {MAX_PENALTY:g}]", highest=MAX_PENALTY)
 
 
 def _module_list(text: str) -> tuple[str, ...]:
@@ -83,9 +98,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0, "a non-negative int"), default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: runs/<task>-<model>-<method>-<scale>-s<seed>)")
-    p.add_argument("--r", type=_int_at_least(1, "a positive int"), default=8, help="adapter rank")
-    p.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha (default: 2*r)")
-    p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: preset)")
+    p.add_argument("--r", type=_rank, default=8, help="adapter rank")
+    p.add_argument("--alpha", type=_alpha, default=None, help="LoRA alpha (default: 2*r)")
+    p.add_argument("--lr", type=_learning_rate, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--max-steps", type=_int_at_least(1, "a positive int"), default=None,
                    help="optimizer steps (default: preset)")
     p.add_argument("--target-modules", type=_module_list, default=None,
@@ -95,8 +110,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                      help="kappa: optimizer steps per boosting round, <= --max-steps (default: ~1/16 of them)")
     xgb.add_argument("--blocks-per-round", type=_int_at_least(1, "a positive int"), default=None,
                      help="L_s: layers that get boosters each round (default: 11/32 of the model's layers)")
-    xgb.add_argument("--shrinkage", type=_positive_float, default=None, help="alpha_t of the merge W += alpha_t*s*B*A (default 1)")
-    xgb.add_argument("--booster-penalty", type=_nonnegative_float, default=None,
+    xgb.add_argument("--shrinkage", type=_shrinkage, default=None, help="alpha_t of the merge W += alpha_t*s*B*A (default 1)")
+    xgb.add_argument("--booster-penalty", type=_penalty, default=None,
                      help="lambda of the penalty (lambda/2)(|A|^2 + |B|^2) on the boosters (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -122,11 +137,33 @@ def _check_train_args(args) -> tuple[str, str, Path]:
     return scale, model, out
 
 
-def _summary_metrics(args, run, wall) -> dict:
+def _check_writable(out: Path) -> None:
+    """Last check before loading: a run whose results cannot be written is not started."""
+    try:
+        files.check_writable_folder(out)
+    except ValueError as err:
+        raise UsageError(f"--out: {err}") from None
+
+
+def _adapter_scale(model) -> dict:
+    """The alpha and scale s the adapters actually used (defaults resolved), or None where not applicable."""
+    from lowrank_lab.adapters import adapter_layers, get_config
+
+    config = get_config(model)
+    scalings = {name: layer.scaling for name, layer in adapter_layers(model).items() if hasattr(layer, "scaling")}
+    if config is None or not hasattr(config, "alpha") or not scalings:
+        return {"alpha": None, "scaling": None}
+    distinct = sorted(set(scalings.values()))
+    return {"alpha": config.alpha, "use_rslora": config.use_rslora,
+            "scaling": distinct[0] if len(distinct) == 1 else None,  # per layer below when ranks differ
+            **({"scaling_by_layer": scalings} if len(distinct) > 1 else {})}
+
+
+def _summary_metrics(args, run, wall, spec: dict) -> dict:
     env = environment_report(run.scale)
     metrics = {
-        **run.summary(),
-        "r": args.r if args.method != "full" else None, "alpha": args.alpha,
+        **run.summary(), "run_spec": spec,
+        "r": args.r if args.method != "full" else None, **_adapter_scale(run.model),
         "target_modules": list(args.target_modules) if args.target_modules else None,
         "validation": run.history["final"]["validation"], "test": run.history["final"]["test"] or {},
         "wall_time_s": wall, "device": run.history["device"],
@@ -173,6 +210,23 @@ def _xgblora_extra(args, scale: str) -> dict:
     return extra
 
 
+def _failure_metrics(args, scale: str, model_name: str, spec: dict, err: TrainingFailed, wall: float) -> dict:
+    """What a failed or diverged run records: its settings, what happened and where; no metric (strict JSON)."""
+    kind = presets.task_kind(args.task)
+    metric, higher = presets.primary_metric(kind, scale)
+    history = err.history or {}
+    return {
+        "status": err.status, "error": str(err), "failed_at_step": err.step, "run_spec": spec,
+        "method": args.method, "task": args.task, "model": model_name, "scale": scale, "seed": args.seed,
+        "lr": spec["preset"]["lr"], "steps": (history.get("config") or {}).get("max_steps"),
+        "r": args.r if args.method != "full" else None, "metric": metric, "higher_is_better": higher,
+        "metric_value": None, "test_metric_value": None, "validation": None, "test": None,
+        "final_train_loss": None, "trainable_params": history.get("trainable_params"),
+        "total_params": history.get("total_params"), "median_step_time_s": None, "peak_memory_mb": None,
+        "wall_time_s": wall, "device": history.get("device"),
+    }
+
+
 def run_train(args) -> int:
     scale, model_name, out = _check_train_args(args)
     try:  # option values are checked before loading too (rank, alpha)
@@ -180,26 +234,36 @@ def run_train(args) -> int:
                                         extra=_xgblora_extra(args, scale))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps)) if v is not None}
+    spec = run_spec(args.method, args.task, model_name, scale, args.seed, options, overrides)
+    _check_writable(out)
 
     from lowrank_lab.plotting import plot_curves
 
     start = time.perf_counter()
-    overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps)) if v is not None}
     # Under torchrun / accelerate launch (WORLD_SIZE > 1): one DDP rank per process; train() shards batches.
     started = distributed.init_from_env(get_device(scale))
     main_process = distributed.is_main_process()
     try:
         run = run_method(args.method, args.task, model_name, scale, args.seed, options, overrides, out_dir=out,
                          show_progress=not args.quiet)
-    except ValueError as err:  # e.g. --target-modules matching no layer of this model
+    except TrainingFailed as err:  # training started and broke: a result to record, not a usage error
+        if main_process:
+            files.write_json(out / "metrics.json",
+                             _failure_metrics(args, scale, model_name, spec, err, time.perf_counter() - start))
+        what = "diverged" if isinstance(err, TrainingDiverged) else "training failed"
+        print(f"python -m lowrank_lab train: {args.method} on {args.task} (seed {args.seed}) {what} at step "
+              f"{err.step}: {err}; recorded in {out}/metrics.json", file=sys.stderr)
+        return EXIT_CODES[err.status]
+    except (ValueError, FileNotFoundError) as err:  # setup: e.g. --target-modules matching no layer of this model
         raise UsageError(f"method {args.method!r} could not prepare {model_name!r}: {err}") from None
     finally:
         if started:
             distributed.teardown()
     if not main_process:  # rank 0 alone writes metrics.json and curves.png and prints the table
         return 0
-    metrics = _summary_metrics(args, run, time.perf_counter() - start)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    metrics = _summary_metrics(args, run, time.perf_counter() - start, spec)
+    files.write_json(out / "metrics.json", metrics)
     fig = plot_curves({args.method: run.history}, out / "curves.png", metric=metrics["metric"],
                       title=f"{args.method} on {args.task} ({model_name}, {scale}, seed {args.seed})")
     import matplotlib.pyplot as plt
@@ -224,12 +288,12 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=TASK_NAMES, help="task to train on")
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="model (default: the task's default)")
     p.add_argument("--scale", choices=SCALES, default=None, help="smoke | cpu | full (default: $LOWRANK_LAB_SCALE)")
-    p.add_argument("--seeds", type=_int_at_least(1, "a positive int"), default=1, help="seeds 0..N-1 per method")
+    p.add_argument("--seeds", type=_int_at_least(1, "a positive int <= 1000", 1000), default=1,
+                   help="seeds 0..N-1 per method")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/compare-<task>-<model>-<scale>)")
     p.add_argument("--methods", type=_module_list, default=COMPARE_METHODS,
                    help=f"comma-separated subset (default: {','.join(COMPARE_METHODS)})")
-    p.add_argument("--r", type=_int_at_least(1, "a positive int"), default=8,
-                   help="the budget: trainable parameters of LoRA at this rank")
+    p.add_argument("--r", type=_rank, default=8, help="the budget: trainable parameters of LoRA at this rank")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_compare)
     return p
@@ -250,7 +314,7 @@ def run_compare(args) -> int:
     try:
         results = compare(args.task, model, scale, args.seeds, out, args.methods, args.r,
                           show_progress=not args.quiet, command=command_line(args.argv))
-    except ValueError as err:  # unknown method, a budget a method cannot meet: before any run starts
+    except ValueError as err:  # unknown method, a budget a method cannot meet, stale runs: before any run starts
         raise UsageError(str(err)) from None
     from lowrank_lab.compare import markdown, reproduction_markdown
 
@@ -260,6 +324,11 @@ def run_compare(args) -> int:
     print(reproduction_markdown(results))
     print(f"\nwrote {out}/results.json, results.csv, table.md, reproduction.md, curves.png, metric_vs_params.png, cost.png "
           f"({results['wall_time_s']:.0f} s)")
+    if results["failed"]:  # diverged runs are results; a run that broke is not, and says so in the exit code
+        runs = ", ".join(f"{f['method']} seed {f['seed']}" for f in results["failed"])
+        print(f"{len(results['failed'])} run(s) failed: {runs}; run the same command again to retry them",
+              file=sys.stderr)
+        return TRAINING_FAILED
     return 0
 
 

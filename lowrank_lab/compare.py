@@ -13,8 +13,13 @@ is written into every output):
 * Full fine-tuning is the reference: every parameter trains.
 
 Each (method, seed) runs as its own ``python -m lowrank_lab train`` process (so its peak memory is its own)
-writing ``runs/<method>-s<seed>/metrics.json``; runs whose file exists are skipped, so an interrupted
-comparison resumes where it stopped. Outputs in ``--out``: ``results.json`` (command, matching, every summary), ``results.csv``,
+writing ``runs/<method>-s<seed>/metrics.json``. Resuming reuses a finished run only when the settings it
+recorded (``run_spec``: method, task, model, scale, seed, options, the resolved preset with its learning
+rate and steps, the lowrank-lab version) equal the ones asked for; a run folder made with other settings
+stops the command before any run, naming each difference. A run file that cannot be read (an interrupted
+write) is named and re-run; so is a run that failed. A diverged run is a result: it is recorded with
+``status: "diverged"`` (no metric, strict JSON), left out of the means, counted in the table, and the other
+runs go on. Outputs in ``--out``: ``results.json`` (command, matching, every summary), ``results.csv``,
 ``table.md`` (mean ± std over seeds), ``reproduction.md`` (each paper's claim: reproduced or not),
 ``curves.png``, ``metric_vs_params.png``, ``cost.png``.
 """
@@ -23,13 +28,12 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from lowrank_lab import experiment, presets, recipes
+from lowrank_lab import experiment, files, presets, recipes
 
 # The order of the table; every name must be registered (recipes.METHODS) for compare to run it.
 COMPARE_METHODS = ("full", "lora", "rslora", "lora-pro", "lora-pro-efficient", "xgblora", "bone", "bat", "gelora")
@@ -46,7 +50,7 @@ MATCHING_TEXT = {
     "budget": "spreads the budget of LoRA rank r over layers",
     "steps": "equal optimizer steps; rank-1 boosters train on a few blocks at a time (fewer parameters)",
 }
-CSV_FIELDS = ("method", "seed", "options_r", "metric", "metric_value", "test_metric_value", "final_train_loss",
+CSV_FIELDS = ("method", "seed", "status", "options_r", "metric", "metric_value", "test_metric_value", "final_train_loss",
               "trainable_params", "total_params", "lr", "steps", "median_step_time_s", "peak_memory_mb", "wall_time_s")
 
 
@@ -107,25 +111,63 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
     return out / "runs" / f"{method}-s{seed}"
 
 
-def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool) -> None:
+def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool) -> str:
     """One run = one ``python -m lowrank_lab train`` process: its peak memory is its own (on CPU the process
-    peak RSS is all a process can report), and a crash loses only that run."""
+    peak RSS is all a process can report), and a crash loses only that run. Returns what the child printed
+    when it did not finish normally (its own status is in its metrics.json)."""
     import subprocess
 
     cmd = [sys.executable, "-m", "lowrank_lab", "train", "--method", method, "--task", task_name,
            "--model", model_name, "--scale", scale, "--seed", str(seed), "--r", str(r), "--out", str(run_dir)]
     if not show_progress:
         cmd.append("--quiet")
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"run {method} seed {seed} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
-                           f"{done.stdout[-2000:]}")
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode == 0:
+        return ""
+    return f"exit {done.returncode}: {shlex.join(cmd)}\n{done.stdout[-2000:]}"
+
+
+def _recorded(run_dir: Path) -> tuple[dict | None, str]:
+    """(metrics, "") of a finished run folder, or (None, why it cannot be reused as it is)."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None, "not run yet"
+    try:
+        metrics = files.read_json(path)
+    except ValueError as err:
+        return None, str(err)
+    if not isinstance(metrics, dict):
+        return None, f"cannot read {path}: not a JSON object"
+    return metrics, ""
+
+
+def check_resumable(out: Path, runs: dict[tuple[str, int], dict]) -> None:
+    """Refuse (``ValueError``, before any run) when a run folder holds a run made with other settings."""
+    problems = []
+    for (method, seed), spec in runs.items():
+        metrics, _ = _recorded(_run_dir(out, method, seed))
+        if metrics is None:
+            continue  # nothing there, or unreadable: it will be (re-)run
+        recorded = metrics.get("run_spec")
+        if not isinstance(recorded, dict):
+            problems.append(f"{_run_dir(out, method, seed)}: made without a record of its settings "
+                            "(an older lowrank-lab)")
+            continue
+        differences = experiment.spec_differences(recorded, spec)
+        if differences:
+            problems.append(f"{_run_dir(out, method, seed)}: " + "; ".join(differences))
+    if problems:
+        raise ValueError(f"{out} holds runs made with other settings than this comparison asks for, so they "
+                         f"cannot be reused; use another --out or delete them:\n  " + "\n  ".join(problems))
 
 
 def compare(task_name: str, model_name: str | None = None, scale: str = "smoke", seeds: int = 1,
             out: str | Path = "runs/compare", methods=COMPARE_METHODS, r: int = 8, show_progress: bool = True,
             command: str | None = None) -> dict:
-    """Run (or resume) the comparison; return the results dict also written to ``out/results.json``."""
+    """Run (or resume) the comparison; return the results dict also written to ``out/results.json``.
+
+    ``results["failed"]`` lists runs that broke (not diverged) with their error; the CLI exits non-zero then.
+    """
     from lowrank_lab.assets import TASK_NAMES
     from lowrank_lab.runtime import SCALES
 
@@ -133,6 +175,9 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     methods = tuple(methods)
     if not methods:
         raise ValueError("methods must name at least one method, got an empty list")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:  # the same runs would count twice in the mean and the std
+        raise ValueError(f"methods lists {repeated} more than once: {list(methods)}")
     unknown = [m for m in methods if m not in recipes.METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; registered: {sorted(recipes.METHODS)}")
@@ -150,31 +195,50 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     if presets.task_kind(task_name) not in model_spec(model_name).kinds:
         raise ValueError(f"model {model_name!r} cannot do task {task_name!r} ({presets.task_kind(task_name)})")
     out = Path(out)
+    files.check_writable_folder(out)
     planned = plan(methods, task_name, model_name, r)  # every budget problem surfaces before the first run
+    specs = {(method, seed): experiment.run_spec(method, task_name, model_name, scale, seed,
+                                                 recipes.MethodOptions(r=planned[method]["r"]))
+             for method in methods for seed in range(seeds)}
+    check_resumable(out, specs)  # and every stale run folder
 
     start = time.perf_counter()
-    summaries, histories = [], {}
-    for method in methods:
-        for seed in range(seeds):
-            run_dir = _run_dir(out, method, seed)
-            if not (run_dir / "metrics.json").exists():  # resumable: a finished run is never repeated
-                _train_in_subprocess(method, task_name, model_name, scale, seed, planned[method]["r"], run_dir,
-                                     show_progress)
-            summary = json.loads((run_dir / "metrics.json").read_text())
-            summary["options_r"] = planned[method]["r"]
-            summaries.append(summary)
-            if seed == 0:
-                histories[method] = json.loads((run_dir / "history.json").read_text())
-            print(f"{method:<19} seed {seed}: {summary['metric']} = {summary['metric_value']:.4f}  "
-                  f"({summary['trainable_params']:,} trainable, {summary['median_step_time_s']:.3f} s/step)")
+    summaries, histories, failed = [], {}, []
+    for (method, seed), spec in specs.items():
+        run_dir = _run_dir(out, method, seed)
+        metrics, why = _recorded(run_dir)
+        if metrics is not None and metrics.get("status", "ok") == "failed":
+            metrics, why = None, f"its last attempt failed ({metrics.get('error')})"
+        if metrics is None:
+            if why != "not run yet":
+                print(f"{method:<19} seed {seed}: re-running: {why}")
+            output = _train_in_subprocess(method, task_name, model_name, scale, seed, planned[method]["r"],
+                                          run_dir, show_progress)
+            metrics, why = _recorded(run_dir)
+            if metrics is None or metrics.get("run_spec") != spec:  # died before recording anything of its own
+                metrics = {"status": "failed", "error": output or why, "run_spec": spec}
+        metrics = {**metrics, "method": method, "seed": seed, "options_r": planned[method]["r"]}
+        metrics.setdefault("status", "ok")
+        summaries.append(metrics)
+        if metrics["status"] == "ok":
+            if seed == 0 or method not in histories:
+                try:
+                    histories[method] = files.read_json(run_dir / "history.json")
+                except (ValueError, FileNotFoundError) as err:
+                    print(f"{method:<19} seed {seed}: no curve: {err}")
+            print(f"{method:<19} seed {seed}: {metrics['metric']} = {metrics['metric_value']:.4f}  "
+                  f"({metrics['trainable_params']:,} trainable, {metrics['median_step_time_s']:.3f} s/step)")
+        else:
+            print(f"{method:<19} seed {seed}: {metrics['status'].upper()}: {str(metrics.get('error'))[-300:]}")
+            if metrics["status"] == "failed":
+                failed.append({"method": method, "seed": seed, "error": metrics.get("error")})
 
-    table = experiment.aggregate(summaries)
-    metric, higher = summaries[0]["metric"], summaries[0]["higher_is_better"]
+    metric, higher = presets.primary_metric(presets.task_kind(task_name), scale)
     results = {
         "command": command, "task": task_name, "model": model_name, "scale": scale, "seeds": seeds, "r": r,
         "budget": next(iter(planned.values()))["budget"], "matching": planned, "metric": metric,
-        "higher_is_better": higher, "table": table, "runs": summaries,
-        "wall_time_s": time.perf_counter() - start,
+        "higher_is_better": higher, "table": experiment.aggregate(summaries, methods=methods), "runs": summaries,
+        "failed": failed, "wall_time_s": time.perf_counter() - start,
     }
     write_outputs(out, results, histories)
     return results
@@ -187,13 +251,16 @@ def markdown(results: dict) -> str:
              "", f"| method | budget rule | r | validation {metric} (mean ± std) | test (mean) | trainable | s/step | "
              "peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
     for method, row in results["table"].items():
-        tests = [s["test_metric_value"] for s in results["runs"] if s["method"] == method and s["test_metric_value"] is not None]
+        tests = [s["test_metric_value"] for s in results["runs"]
+                 if s["method"] == method and s.get("test_metric_value") is not None]
         test = f"{sum(tests) / len(tests):.4f}" if tests else "—"
         match = results["matching"][method]
+        trainable = (f"{row['trainable_params']:,} ({row['trainable_params'] / row['total_params']:.2%})"
+                     if row.get("trainable_params") else "—")
+        step = f"{row['median_step_time_s']:.3f}" if row.get("median_step_time_s") is not None else "—"
+        memory = f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") is not None else "—"
         lines.append(f"| {method} | {match['rule_text']} | {match['r'] if match['rule'] != 'reference' else '—'} | "
-                     f"{row['mean']:.4f} ± {row['std']:.4f} | {test} | {row['trainable_params']:,} "
-                     f"({row['trainable_params'] / row['total_params']:.2%}) | {row['median_step_time_s']:.3f} | "
-                     f"{row['peak_memory_mb']:.0f} |")
+                     f"{experiment.describe(row)} | {test} | {trainable} | {step} | {memory} |")
     if results.get("command"):
         lines += ["", f"Produced by: `{results['command']}`"]
     return "\n".join(lines)
@@ -238,6 +305,11 @@ def reproduction_rows(results: dict) -> list[dict]:
         ours, base = table.get(claim["method"]), table.get(claim["baseline"])
         if ours is None or base is None:
             continue
+        if ours["mean"] is None or base["mean"] is None:  # every run of one side diverged or failed
+            rows.append({**claim, "verdict": "n/a: no finished run",
+                         "measured": f"{claim['method']}: {experiment.describe(ours)}; "
+                                     f"{claim['baseline']}: {experiment.describe(base)}"})
+            continue
         diff = sign * (ours["mean"] - base["mean"])  # > 0: the method is better
         spread = max(ours["std"], base["std"])
         if claim["kind"] == "faster":
@@ -257,7 +329,7 @@ def reproduction_rows(results: dict) -> list[dict]:
                 measured += f"; trainable {ours['trainable_params']:,} vs {base['trainable_params']:,}"
             if claim["kind"] == "matches":
                 measured += f"; tolerance {claim['tolerance']}"
-            if claim.get("gap_to") in table:
+            if table.get(claim.get("gap_to"), {}).get("mean") is not None:
                 from lowrank_lab.experiment import gap_closed
 
                 fraction = gap_closed(base["mean"], ours["mean"], table[claim["gap_to"]]["mean"],
@@ -290,18 +362,22 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
     from lowrank_lab.plotting import plot_curves
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results["runs"])
-    (out / "table.md").write_text(markdown(results) + "\n")
-    (out / "reproduction.md").write_text(reproduction_markdown(results) + "\n")
+    files.write_json(out / "results.json", results)
+
+    def write_csv(path):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(results["runs"])
+
+    files.atomic_write(out / "results.csv", write_csv)
+    files.write_text(out / "table.md", markdown(results) + "\n")
+    files.write_text(out / "reproduction.md", reproduction_markdown(results) + "\n")
 
     title = f"{results['task']} ({results['model']}, {results['scale']})"
     if histories:
         plt.close(plot_curves(histories, out / "curves.png", title=f"{title}, seed 0", metric=results["metric"]))
-    table = results["table"]
+    table = {m: row for m, row in results["table"].items() if row["mean"] is not None}  # finished runs only
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, (method, row) in enumerate(table.items()):
         ax.errorbar(row["trainable_params"], row["mean"], yerr=row["std"], fmt="o", color=f"C{i % 10}",

@@ -9,13 +9,14 @@ method (``recipes.prepare``), builds its optimizer if it has one (LoRA-Pro), tra
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowrank_lab import presets, recipes
-from lowrank_lab.runtime import SCALES, get_device, seed_everything
+from lowrank_lab.runtime import SCALES, get_device, lab_version, seed_everything
 
 # The default model per task kind: the offline mirrors of ASSETS.md.
 DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}
@@ -57,8 +58,40 @@ class Run:
             "metric_value": self.value("validation"), "test_metric_value": self.value("test"),
             "median_step_time_s": self.history["median_step_time_s"],
             "peak_memory_mb": self.history["peak_memory_mb"], "peak_memory_kind": self.history["peak_memory_kind"],
-            "wall_time_s": self.history["wall_time_s"],
+            "wall_time_s": self.history["wall_time_s"], "status": self.history.get("status", "ok"),
         }
+
+
+def run_spec(method: str, task_name: str, model_name: str, scale: str, seed: int,
+             options: recipes.MethodOptions | None = None, overrides: dict | None = None) -> dict:
+    """Everything that defines a run's result, as strict JSON: a finished run may stand in for a new one only
+    when the two specs are equal (``compare`` resumes on this). The preset is resolved (the method's default
+    learning rate included), so a changed default is a different run; so is another lowrank-lab version."""
+    options = options or recipes.MethodOptions()
+    overrides = dict(overrides or {})
+    spec = {
+        "method": method, "task": task_name, "model": model_name, "scale": scale, "seed": seed,
+        "options": None if method in recipes.OPTIONLESS_METHODS else {
+            "r": options.r, "alpha": options.lora_alpha, "dropout": options.dropout,
+            "target_modules": list(options.target_modules) if options.target_modules else None,
+            "extra": dict(sorted(options.extra.items()))},
+        "preset": {**presets.train_preset(task_name, scale, method), **overrides},
+        "lowrank_lab_version": lab_version(),
+    }
+    return json.loads(json.dumps(spec, sort_keys=True))  # tuples -> lists: equal to the spec read back from a file
+
+
+def spec_differences(recorded: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``["options.r: 8 (recorded) vs 2 (wanted)", ...]``, one entry per field that differs (nested dicts
+    walked); empty when the two specs define the same run."""
+    differences = []
+    for key in sorted(set(recorded) | set(wanted)):
+        a, b = recorded.get(key, "<absent>"), wanted.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += spec_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} (recorded) vs {b!r} (wanted)")
+    return differences
 
 
 def default_model(task_name: str) -> str:
@@ -111,21 +144,29 @@ def run_method(method: str, task_name: str, model_name: str | None = None, scale
     return Run(method, task_name, model_name, scale, seed, preset, model, task, config, history)
 
 
-def aggregate(summaries: list[dict], key: str = "metric_value") -> dict[str, dict]:
+def aggregate(summaries: list[dict], key: str = "metric_value", methods=None) -> dict[str, dict]:
     """Group run summaries by method: mean, sample std (0 for one seed) and the per-seed values of ``key``,
-    plus the trainable parameters and the median step time, in first-seen method order."""
-    groups: dict[str, list[dict]] = {}
+    plus the trainable parameters and the median step time, in ``methods`` order (default: first seen).
+
+    Only finished runs (``status`` "ok", the default) enter the statistics; ``diverged`` and ``failed`` count
+    the others. A method none of whose runs finished keeps its row, with ``mean``/``std`` None and ``n`` 0."""
+    groups: dict[str, list[dict]] = {m: [] for m in methods or ()}
     for row in summaries:
         groups.setdefault(row["method"], []).append(row)
     table = {}
     for method, rows in groups.items():
-        values = [row[key] for row in rows]
+        done = [row for row in rows if row.get("status", "ok") == "ok" and row.get(key) is not None]
+        values = [row[key] for row in done]
         table[method] = {
-            "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values, "seeds": [row["seed"] for row in rows], "n": len(values),
-            "trainable_params": rows[0]["trainable_params"], "total_params": rows[0]["total_params"],
-            "median_step_time_s": statistics.median(row["median_step_time_s"] for row in rows),
-            "peak_memory_mb": max(row["peak_memory_mb"] for row in rows),
+            "mean": statistics.fmean(values) if values else None,
+            "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None,
+            "values": values, "seeds": [row["seed"] for row in done], "n": len(values),
+            "diverged": sum(row.get("status") == "diverged" for row in rows),
+            "failed": sum(row.get("status") == "failed" for row in rows),
+            "trainable_params": next((r["trainable_params"] for r in rows if r.get("trainable_params")), None),
+            "total_params": next((r["total_params"] for r in rows if r.get("total_params")), None),
+            "median_step_time_s": statistics.median(r["median_step_time_s"] for r in done) if done else None,
+            "peak_memory_mb": max(r["peak_memory_mb"] for r in done) if done else None,
         }
     return table
 
@@ -142,11 +183,23 @@ def gap_closed(baseline: float, candidate: float, target: float, higher_is_bette
     return (candidate - baseline) / gap
 
 
+def describe(row: dict, digits: int = 4) -> str:
+    """"0.7777 ± 0.0100", with the runs left out said: "0.7700 ± 0.0100 (1 of 3 diverged)", or "diverged (3 of 3)"."""
+    lost = {k: row.get(k, 0) for k in ("diverged", "failed") if row.get(k, 0)}
+    total = row["n"] + sum(lost.values())
+    note = ", ".join(f"{count} of {total} {what}" for what, count in lost.items())
+    if row["mean"] is None:
+        return note or "no run"
+    text = f"{row['mean']:.{digits}f} ± {row['std']:.{digits}f}"
+    return f"{text} ({note})" if note else text
+
+
 def format_table(table: dict[str, dict], metric: str, digits: int = 4) -> str:
     """A markdown table of :func:`aggregate`'s output: mean ± std over seeds, trainable share, step time."""
     lines = [f"| method | {metric} (mean ± std) | seeds | trainable | s/step |", "|---|---|---|---|---|"]
     for method, row in table.items():
-        share = row["trainable_params"] / row["total_params"]
-        lines.append(f"| {method} | {row['mean']:.{digits}f} ± {row['std']:.{digits}f} | {row['n']} | "
-                     f"{row['trainable_params']:,} ({share:.2%}) | {row['median_step_time_s']:.3f} |")
+        share = f"{row['trainable_params']:,} ({row['trainable_params'] / row['total_params']:.2%})" \
+            if row.get("trainable_params") else "—"
+        step = f"{row['median_step_time_s']:.3f}" if row.get("median_step_time_s") is not None else "—"
+        lines.append(f"| {method} | {describe(row, digits)} | {row['n']} | {share} | {step} |")
     return "\n".join(lines)

@@ -81,6 +81,9 @@ def prepare_rslora(model, model_name, task, options: MethodOptions):
 
 METHODS: dict = {}
 OPTIMIZERS: dict = {}
+# Methods whose result does not depend on MethodOptions (rank, alpha, targets): full fine-tuning trains
+# every weight, so its runs are the same whatever rank a comparison's budget names.
+OPTIONLESS_METHODS = {"full"}
 
 
 def register_method(name: str, prepare, *, make_optimizer=None, lr: dict | None = None,

@@ -82,6 +82,11 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def lab_version() -> str:
+    """The installed lowrank-lab version (what a run's record says made it)."""
+    return _version("lowrank-lab")
+
+
 def environment_report(scale: str | None = None) -> dict:
     """Versions, device, threads and scale as a dict (printed by :func:`print_env`)."""
     scale = get_scale(scale)

@@ -19,12 +19,16 @@ their own optimizer and reuse this loop unchanged.
 
 Under ``torchrun`` (a process group is up) the same call trains data-parallel with DDP: ``batch_size`` is
 the global batch, each rank takes its slice, rank 0 logs and writes (``lowrank_lab.distributed``).
+
+A run either finishes or raises :class:`TrainingFailed`: :class:`TrainingDiverged` when the loss, an update
+or an evaluation went non-finite (checked after the final update too, so a run never scores NaN logits as
+an accuracy), plain :class:`TrainingFailed` for anything else that broke after training started. Errors in
+the setup (bad config, wrong precision for the device) stay ``ValueError`` and happen before any step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import resource
@@ -38,10 +42,49 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from lowrank_lab import distributed
+from lowrank_lab import distributed, files
 from lowrank_lab.adapters import count_parameters
+from lowrank_lab.layers.base import NonFiniteError
 from lowrank_lab.data import IGNORE_INDEX, collate_prompts, make_loader
 from lowrank_lab.runtime import get_device, seed_everything
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+class TrainingFailed(RuntimeError):
+    """Training started and could not finish. ``step`` is the optimizer step it failed at and ``history`` what
+    was recorded until then (strict JSON: no NaN), with ``history["status"]`` saying what happened."""
+
+    status = "failed"
+
+    def __init__(self, message: str, step: int | None = None, history: dict | None = None):
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+class TrainingDiverged(TrainingFailed, FloatingPointError):
+    """The training loss, an update (a weight, a LoRA-Pro step, an XGBLoRA merge) or an evaluation loss went
+    non-finite. A result, not a crash: the same settings diverge again (a ``FloatingPointError`` too)."""
+
+    status = "diverged"
+
+
+def check_finite_parameters(model: torch.nn.Module) -> None:
+    """Raise :class:`TrainingDiverged` naming the first parameter or buffer that holds NaN or infinity."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise TrainingDiverged(f"{kind} {name} holds non-finite values after the update")
+
+
+def _check_finite_metrics(metrics: dict, split: str) -> dict:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(f"{split} evaluation is non-finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
+                               "the model's outputs are NaN or infinite")
+    return metrics
+
 
 # ---------------------------------------------------------------------------------------------- config
 
@@ -351,6 +394,21 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------- training
 
 
+def _write_history(history: dict, out_dir, rank: int) -> None:
+    if out_dir is not None and rank == 0:
+        files.write_json(Path(out_dir) / "history.json", history)
+
+
+def _failed(err: TrainingFailed, history: dict, step: int, out_dir, rank: int) -> TrainingFailed:
+    """``err`` with the step and the history so far (marked with its status) attached, and written."""
+    err.step = err.step or step
+    history.update(status=err.status, error=str(err), failed_at_step=err.step, final=None)
+    err.history = history
+    _write_history(history, out_dir, rank)
+    return err
+
+
+
 def train(
     model: torch.nn.Module,
     task,
@@ -366,14 +424,17 @@ def train(
     ``optimizer`` defaults to :func:`make_optimizer` (AdamW); ``scheduler`` defaults to
     :func:`warmup_cosine` on whichever optimizer is used. Evaluates on ``task.validation`` every
     ``eval_every`` steps (without generation, which is slow) and at the end (with ``max_generate``
-    generations), then once on ``task.test``. A non-finite loss stops the run with ``FloatingPointError``.
+    generations), then once on ``task.test``. A non-finite loss, parameter (after the last update too) or
+    evaluation stops the run with :class:`TrainingDiverged` (a ``FloatingPointError``); any other error after
+    training started is re-raised as :class:`TrainingFailed`. Both carry the history recorded so far.
 
     History keys: ``config``, ``task``, ``kind``, ``step``/``train_loss``/``lr``/``step_time_s`` (one entry
     per optimizer step), ``evals`` (``[{"step", **metrics}]``), ``final`` (``{"validation", "test"}``),
     ``median_step_time_s``, ``peak_memory_mb`` (+ ``peak_memory_kind``: CUDA allocator peak, or the
     process-wide peak RSS on CPU), ``trainable_params``, ``total_params``, ``wall_time_s``, ``device``,
-    ``precision`` (resolved: "auto" becomes what ran) and ``skipped_steps`` (fp16 steps the GradScaler
-    skipped on inf/NaN gradients; always empty otherwise).
+    ``precision`` (resolved: "auto" becomes what ran), ``skipped_steps`` (fp16 steps the GradScaler
+    skipped on inf/NaN gradients; always empty otherwise) and ``status`` ("ok"; a failure's history says
+    "diverged" or "failed", with ``error`` and ``failed_at_step``).
     Written to ``out_dir/history.json`` when ``out_dir`` is given.
     """
     if not isinstance(config, TrainConfig):
@@ -403,12 +464,12 @@ def train(
     # DDP under torchrun: averages gradients in backward.
     forward_model = distributed.wrap(model, device, getattr(optimizer, "ddp_find_unused_parameters", False))
 
-    def run_eval(dataset, generate):
+    def run_eval(dataset, generate, split):
         with amp.autocast():
-            return _rounded(evaluate(
+            return _check_finite_metrics(_rounded(evaluate(
                 model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
                 config.max_generate if generate else 0, config.max_new_tokens, device,
-            ))
+            )), split)
 
     history = {
         "config": config.to_dict(), "task": task.name, "kind": task.kind, "device": str(device),
@@ -417,50 +478,59 @@ def train(
     }
     model.train()
     bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress or rank != 0)
-    for step in range(1, config.max_steps + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(config.grad_accum_steps):
-            batch = distributed.shard(next(batches), rank, world_size)
-            with amp.autocast():
-                loss = forward_model(**_to_device(batch, device)).loss
-            mean_loss = distributed.mean_over_ranks(loss.item(), device)  # every rank stops together
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"non-finite training loss {mean_loss} at step {step}; stopping "
-                    f"(lr={optimizer.param_groups[0]['lr']:.3g}: try a lower lr or max_grad_norm)"
-                )
-            amp.backward(loss / config.grad_accum_steps)
-            step_loss += mean_loss / config.grad_accum_steps
-        lr = optimizer.param_groups[0]["lr"]
-        if not amp.step(optimizer, trainable, config.max_grad_norm):
-            history["skipped_steps"].append(step)
-        scheduler.step()
-        _sync(device)
-        history["step_time_s"].append(time.perf_counter() - t0)
-        history["step"].append(step)
-        history["train_loss"].append(step_loss)
-        history["lr"].append(lr)
+    step = 0
+    try:
+        for step in range(1, config.max_steps + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(config.grad_accum_steps):
+                batch = distributed.shard(next(batches), rank, world_size)
+                with amp.autocast():
+                    loss = forward_model(**_to_device(batch, device)).loss
+                mean_loss = distributed.mean_over_ranks(loss.item(), device)  # every rank stops together
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"non-finite training loss {mean_loss} at step {step}; stopping "
+                        f"(lr={optimizer.param_groups[0]['lr']:.3g}: try a lower lr or max_grad_norm)"
+                    )
+                amp.backward(loss / config.grad_accum_steps)
+                step_loss += mean_loss / config.grad_accum_steps
+            lr = optimizer.param_groups[0]["lr"]
+            if not amp.step(optimizer, trainable, config.max_grad_norm):
+                history["skipped_steps"].append(step)
+            scheduler.step()
+            _sync(device)
+            history["step_time_s"].append(time.perf_counter() - t0)
+            history["step"].append(step)
+            history["train_loss"].append(step_loss)
+            history["lr"].append(lr)
 
-        if step % config.log_every == 0 or step == config.max_steps:
-            recent = history["train_loss"][-config.log_every:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
-        bar.update()
-        if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
-            history["evals"].append({"step": step, **run_eval(task.validation, generate=False)})
-    bar.close()
+            if step % config.log_every == 0 or step == config.max_steps:
+                recent = history["train_loss"][-config.log_every:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
+            bar.update()
+            if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
+                history["evals"].append({"step": step, **run_eval(task.validation, False, "validation")})
+        bar.close()  # before the final evaluation prints anything
 
-    validation = run_eval(task.validation, generate=True)
-    history["evals"].append({"step": config.max_steps, **validation})
-    test = run_eval(task.test, generate=True) if task.test is not None and len(task.test) else None
-    history["final"] = {"validation": validation, "test": test}
-    history["median_step_time_s"] = statistics.median(history["step_time_s"])
-    history["peak_memory_mb"], history["peak_memory_kind"] = peak_memory_mb(device)
-    history["wall_time_s"] = time.perf_counter() - start
-    if out_dir is not None and rank == 0:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "history.json").write_text(json.dumps(history, indent=1, sort_keys=True))
+        check_finite_parameters(model)  # the last update is not followed by a loss that would reveal it
+        validation = run_eval(task.validation, True, "validation")
+        history["evals"].append({"step": config.max_steps, **validation})
+        test = run_eval(task.test, True, "test") if task.test is not None and len(task.test) else None
+        history["final"] = {"validation": validation, "test": test}
+        history["median_step_time_s"] = statistics.median(history["step_time_s"])
+        history["peak_memory_mb"], history["peak_memory_kind"] = peak_memory_mb(device)
+        history["wall_time_s"] = time.perf_counter() - start
+    except TrainingFailed as err:
+        raise _failed(err, history, step, out_dir, rank) from err.__cause__
+    except NonFiniteError as err:  # a refused merge or optimizer step: the update itself diverged
+        raise _failed(TrainingDiverged(str(err)), history, step, out_dir, rank) from err
+    except Exception as err:  # after setup, anything else is a failure of this run, not of its arguments
+        raise _failed(TrainingFailed(f"{type(err).__name__}: {err}"), history, step, out_dir, rank) from err
+    finally:
+        bar.close()
+    history["status"] = "ok"
+    _write_history(history, out_dir, rank)
     return history

@@ -53,5 +53,6 @@ def export_and_load_in_peft(peft, base, ours, kind, inputs, tmp_path, atol):
     lrl.export_peft(ours, tmp_path)
     loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs).logits, ours(**inputs).logits, rtol=0, atol=atol)
+        # rtol too: the random head makes logits ~10, where fp32 sums in another order differ by ~1e-6 relative
+        torch.testing.assert_close(loaded(**inputs).logits, ours(**inputs).logits, rtol=2e-6, atol=atol)
     return loaded

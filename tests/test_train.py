@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from lowrank_lab import recipes
+from lowrank_lab import files, recipes
 from lowrank_lab.assets import load_model
 from lowrank_lab.data import IGNORE_INDEX, encode_prompt, format_prompt, make_loader
 from lowrank_lab.train import TrainConfig, answers_match, parse_answer, train, warmup_cosine
@@ -119,9 +119,12 @@ def test_non_finite_loss_raises(tok, sentiment, tmp_path):
     model = tiny_classifier()
     with torch.no_grad():
         model.score.weight.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+    with pytest.raises(FloatingPointError, match="non-finite training loss") as caught:
         train(model, sentiment, tok, config(), out_dir=tmp_path / "run", show_progress=False)
-    assert not (tmp_path / "run").exists()
+    assert caught.value.step == 1 and caught.value.history["status"] == "diverged"
+    # The partial history is kept, as strict JSON: nothing after the failure, no NaN anywhere.
+    recorded = files.read_json(tmp_path / "run" / "history.json")
+    assert recorded["status"] == "diverged" and recorded["train_loss"] == [] and recorded["final"] is None
 
 
 @pytest.mark.parametrize("field, value", [

@@ -21,6 +21,12 @@ import torch
 from torch import nn
 
 
+class NonFiniteError(ValueError):
+    """An update would write NaN or infinity into a weight (a merge, an optimizer step): a diverged
+    computation, refused before anything changed. A ``ValueError``, so existing handlers still catch it;
+    ``train`` reports it as a diverged run."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Validation helpers: every message names the field and quotes the value.
 # ---------------------------------------------------------------------------------------------------
@@ -31,7 +37,11 @@ def check_positive_int(name: str, value: Any) -> int:
 
 
 def check_positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    try:  # an int beyond float range (10**400, valid JSON) overflows in isfinite: as bad as an infinity
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -100,6 +110,9 @@ class AdapterConfig:
     """Mixin for adapter configs (dataclasses). Subclasses set ``method`` and implement ``create_layer``."""
 
     method: ClassVar[str] = ""
+    # Fields that only shape training (dropout, init, memory trade-offs), not the function the adapter computes:
+    # an adapter file may be loaded into a model whose config differs on these, and on nothing else.
+    training_only_fields: ClassVar[tuple[str, ...]] = ()
 
     def create_layer(self, module_name: str, base_layer: nn.Linear) -> "AdapterLayer":
         raise NotImplementedError
@@ -116,11 +129,27 @@ class AdapterConfig:
     def from_dict(cls, data: Mapping[str, Any]):
         from dataclasses import fields
 
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} needs a dict of fields, got {type(data).__name__} {data!r}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown} (written by a newer version?)")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, OverflowError) as exc:
+            # a value of a type the validators did not expect (e.g. an int too large for a float): still bad input
+            raise ValueError(f"{cls.__name__}: bad field value in {dict(data)!r} ({exc})") from None
+
+    def differing_fields(self, other: "AdapterConfig") -> list[str]:
+        """Fields, training-only ones aside, on which ``other`` differs: with any, the same adapter weights
+        compute a different function under the two configs."""
+        from dataclasses import fields
+
+        if type(other) is not type(self):
+            raise TypeError(f"cannot compare a {type(self).__name__} with a {type(other).__name__}")
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f.name for f in fields(self) if f.name not in self.training_only_fields and mine[f.name] != theirs[f.name]]
 
 
 class AdapterLayer(nn.Module):
@@ -181,7 +210,7 @@ class AdapterLayer(nn.Module):
 
     def _checked(self, new_weight: torch.Tensor, action: str) -> torch.Tensor:
         if not torch.isfinite(new_weight).all():
-            raise ValueError(f"{action} would write non-finite values into the weight; refusing (weight unchanged)")
+            raise NonFiniteError(f"{action} would write non-finite values into the weight; refusing (weight unchanged)")
         return new_weight.to(self.base_layer.weight.dtype)
 
     @torch.no_grad()

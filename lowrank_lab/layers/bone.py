@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,9 @@ class BoneConfig(AdapterConfig):
         default=True,
         metadata={"help": "Bat only: rebuild W' in backward instead of keeping one out×in tensor per layer"},
     )
+
+    # dropout shapes training; recompute_weight trades memory for time: neither changes what D computes
+    training_only_fields: ClassVar[tuple[str, ...]] = ("dropout", "recompute_weight")
 
     def __post_init__(self):
         check_positive_int("r", self.r)

@@ -13,6 +13,7 @@ Shapes and names match HF PEFT (``lora_A``: (r, in), ``lora_B``: (out, r)) so ad
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -56,6 +57,8 @@ class LoRAConfig(AdapterConfig):
     init: str = field(default="kaiming", metadata={"help": "A's init: 'kaiming' (reference code) or 'gaussian'"})
 
     method: ClassVar[str] = "lora"
+    # dropout and A's init change how training goes, not what given weights compute
+    training_only_fields: ClassVar[tuple[str, ...]] = ("dropout", "init")
 
     def __post_init__(self):
         check_positive_int("r", self.r)
@@ -79,6 +82,11 @@ class LoRAConfig(AdapterConfig):
 
     def create_layer(self, module_name: str, base_layer: nn.Linear) -> "LoRALinear":
         rank = self.rank_for(module_name)
+        full = min(base_layer.in_features, base_layer.out_features)
+        if rank > full:  # allowed (it still trains), but B·A cannot exceed rank min(in, out): say so
+            warnings.warn(f"r={rank} exceeds min(in, out)={full} of module {module_name!r} "
+                          f"(Linear in={base_layer.in_features}, out={base_layer.out_features}): the update is no "
+                          f"longer low rank and costs more than a dense ΔW", stacklevel=3)
         return LoRALinear(base_layer, rank, self.scaling_for(rank), self.dropout, self.init)
 
 

@@ -27,12 +27,17 @@ Shapes follow the rest of lowrank_lab: A (r, in) = (r, n), B (out, r) = (m, r).
 **B = 0 (the first step of a standard LoRA init).** BᵀB is singular. We use the pseudo-inverse of BᵀB (an
 eigendecomposition with a relative cut-off), which is the exact minimiser in that case: with B = 0 only g_B
 matters, g_A* = 0, X = 0, and g_B* = (1/s²)∂L/∂B (AAᵀ)⁻¹ gives g̃* = g·P_A, the best approximation of g by
-matrices of the form s·g_B·A. The same rule covers any rank-deficient B.
+matrices of the form s·g_B·A. The same rule covers any rank-deficient B (and A). When BᵀB and AAᵀ are both
+singular (r larger than both dimensions of the layer, duplicated rows of A or columns of B), the Sylvester
+equation has no unique solution; :func:`solve_sylvester` returns the minimum-norm one. g̃* does not depend
+on X, so it is still P_B g + (I − P_B) g P_A with P_B, P_A the orthogonal projectors onto col(B), row(A).
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..layers.base import NonFiniteError
 
 X_MODES = ("sylvester", "zero", "symmetric")
 
@@ -64,11 +69,17 @@ def symmetric_pinv(M: torch.Tensor, rtol: float = PINV_RTOL) -> torch.Tensor:
     return (Q * inverse) @ Q.T
 
 
-def solve_sylvester(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """Solve P·X + X·Q = C for symmetric positive (semi-)definite P (p×p) and Q (q×q).
+def solve_sylvester(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor, rtol: float = PINV_RTOL) -> torch.Tensor:
+    """Solve P·X + X·Q = C for symmetric positive (semi-)definite P (p×p) and Q (q×q): the minimum-norm
+    least-squares solution.
 
     With P = U diag(λ) Uᵀ and Q = V diag(μ) Vᵀ, the equation becomes diag(λ)Y + Y diag(μ) = UᵀCV for
     Y = UᵀXV, so Y_ij = (UᵀCV)_ij / (λ_i + μ_j). Unique when every λ_i + μ_j > 0 (e.g. one side definite).
+    When both P and Q are singular (r above both dimensions of the layer, duplicated rows of A or columns of
+    B), some λ_i + μ_j vanish: those Y_ij are set to 0. The change of basis is orthogonal, so this is exactly
+    the pseudo-inverse solution of the Kronecker system (I⊗P + Qᵀ⊗I) vec X = vec C: it solves the equation
+    on the range and has the least norm. "Vanish" means ≤ ``rtol`` × the largest |λ_i + μ_j| (round-off of a
+    zero eigenvalue); a clearly negative sum means P or Q is not PSD, and raises.
     """
     if P.ndim != 2 or P.shape[0] != P.shape[1] or Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
         raise ValueError(f"P and Q must be square, got P {tuple(P.shape)} and Q {tuple(Q.shape)}")
@@ -77,9 +88,17 @@ def solve_sylvester(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor) -> torch.
     lam, U = torch.linalg.eigh(P)
     mu, V = torch.linalg.eigh(Q)
     denominator = lam[:, None] + mu[None, :]
-    if not bool((denominator > 0).all()):
-        raise ValueError("solve_sylvester needs λ_i(P) + λ_j(Q) > 0 for all i, j (P, Q positive definite)")
-    return U @ ((U.T @ C @ V) / denominator) @ V.T
+    cutoff = rtol * denominator.abs().max().clamp_min(torch.finfo(denominator.dtype).tiny)
+    if bool((denominator < -cutoff).any()):
+        raise ValueError(
+            f"solve_sylvester needs P and Q symmetric positive semi-definite; λ_i(P) + μ_j(Q) reaches "
+            f"{denominator.min().item():.3g} (largest |λ_i + μ_j| {denominator.abs().max().item():.3g})"
+        )
+    solvable = denominator > cutoff
+    # where() alone would still evaluate 0/0 in the other branch: divide by 1 there, then zero it
+    Y = torch.where(solvable, (U.T @ C @ V) / torch.where(solvable, denominator, torch.ones_like(denominator)),
+                    torch.zeros_like(denominator))
+    return U @ Y @ V.T
 
 
 def equivalent_gradient(A: torch.Tensor, B: torch.Tensor, grad_A: torch.Tensor, grad_B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -174,7 +193,7 @@ class _LoRAProOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None and not torch.isfinite(p.grad).all():
                     name = next((n for n, l in self.layers.items() if p is l.lora_A or p is l.lora_B), "a non-LoRA parameter")
-                    raise ValueError(f"non-finite gradient in {name}; step refused, no weight changed")
+                    raise NonFiniteError(f"non-finite gradient in {name}; step refused, no weight changed")
 
     def _lora_direction(self, layer, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The (A, B) update directions of one LoRA layer; the step is −lr times them."""

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers.base import check_positive_float, check_positive_int
+from ..layers.base import NonFiniteError, check_positive_float, check_positive_int
 
 # Which transformer layer a module belongs to: BERT "encoder.layer.3.", Llama "model.layers.3.", GPT-2 "h.3.".
 DEFAULT_BLOCK_PATTERN = r"(?:^|\.)(?:layer|layers|h|blocks|block)\.(\d+)(?:\.|$)"
@@ -312,7 +312,7 @@ class XGBLoRA(torch.optim.AdamW):
             else:  # fp32/fp64 weights: add this round's delta in place
                 new = layer.base_layer.weight.to(dtype) + (B * scale) @ A
             if not torch.isfinite(new).all():
-                raise ValueError(f"merging the booster of {name!r} would write non-finite values; "
+                raise NonFiniteError(f"merging the booster of {name!r} would write non-finite values; "
                                  "refusing (no weight changed)")
             planned.append((name, new, stack_A, stack_B, scales))
         for name, new, stack_A, stack_B, scales in planned:
