@@ -107,7 +107,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated module names for the adapters (default: the model's)")
     xgb = p.add_argument_group("xgblora", "boosting schedule; only with --method xgblora (the paper's rank: --r 1)")
     xgb.add_argument("--steps-per-round", type=_int_at_least(1, "a positive int"), default=None,
-                     help="kappa: optimizer steps per boosting round, <= --max-steps (default: ~1/16 of them)")
+                     help="kappa: optimizer steps per boosting round, <= --max-steps (default: ~1/32 of them)")
     xgb.add_argument("--blocks-per-round", type=_int_at_least(1, "a positive int"), default=None,
                      help="L_s: layers that get boosters each round (default: 11/32 of the model's layers)")
     xgb.add_argument("--shrinkage", type=_shrinkage, default=None, help="alpha_t of the merge W += alpha_t*s*B*A (default 1)")
@@ -294,6 +294,14 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_module_list, default=COMPARE_METHODS,
                    help=f"comma-separated subset (default: {','.join(COMPARE_METHODS)})")
     p.add_argument("--r", type=_rank, default=8, help="the budget: trainable parameters of LoRA at this rank")
+    protocol = p.add_mutually_exclusive_group()
+    protocol.add_argument("--tune-lr", action="store_true",
+                          help="per method: a learning-rate grid (and XGBLoRA's schedule knobs) selected on "
+                               "validation, then --seeds seeds at the selected settings, reported on test")
+    protocol.add_argument("--shared-lr", type=_learning_rate, default=None,
+                          help="one learning rate for every adapter method, full FT at its own (the Bone paper's protocol)")
+    p.add_argument("--jobs", type=_int_at_least(1, "a positive int <= 64", 64), default=1,
+                   help="runs at a time, each a process with cpu_count/jobs threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_compare)
     return p
@@ -313,7 +321,8 @@ def run_compare(args) -> int:
         raise UsageError(f"--out must be a folder, got the file {str(out)!r}")
     try:
         results = compare(args.task, model, scale, args.seeds, out, args.methods, args.r,
-                          show_progress=not args.quiet, command=command_line(args.argv))
+                          show_progress=not args.quiet, command=command_line(args.argv), tune=args.tune_lr,
+                          shared_lr=args.shared_lr, jobs=args.jobs)
     except ValueError as err:  # unknown method, a budget a method cannot meet, stale runs: before any run starts
         raise UsageError(str(err)) from None
     from lowrank_lab.compare import markdown, reproduction_markdown

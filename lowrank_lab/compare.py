@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lowrank_lab import experiment, files, presets, recipes
@@ -50,7 +52,7 @@ MATCHING_TEXT = {
     "budget": "spreads the budget of LoRA rank r over layers",
     "steps": "equal optimizer steps; rank-1 boosters train on a few blocks at a time (fewer parameters)",
 }
-CSV_FIELDS = ("method", "seed", "status", "options_r", "metric", "metric_value", "test_metric_value", "final_train_loss",
+CSV_FIELDS = ("method", "seed", "status", "folder", "options_r", "metric", "metric_value", "test_metric_value", "final_train_loss",
               "trainable_params", "total_params", "lr", "steps", "median_step_time_s", "peak_memory_mb", "wall_time_s")
 
 
@@ -77,6 +79,8 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
     task = load_task(task_name, max_train=8, max_eval=8)  # only shapes and the head size matter here
     kind = presets.task_kind(task_name)
     model = load_model(model_name, kind=kind, num_labels=task.num_labels if kind == "classification" else None)
+    # Counting needs shapes, not values: on the meta device every trial copy below is free.
+    model = model.to("meta")
     lora = _trainable("lora", model, model_name, task, r)
     if lora is None:
         raise ValueError(f"r={r} is not a valid LoRA rank for {model_name!r}, so it defines no budget")
@@ -104,24 +108,64 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
                                  f"parameters) on {model_name!r}: {got}")
             chosen = best[0]
         planned[method] = {"r": chosen, "rule": rule, "rule_text": MATCHING_TEXT[rule], "budget": budget}
+        if method == "xgblora":  # the number of blocks L bounds its blocks-per-round knob
+            from lowrank_lab.adapters import adapter_layers
+            from lowrank_lab.methods.xgblora import group_blocks
+
+            boosters = recipes.prepare("lora", copy.deepcopy(model), model_name, task, recipes.MethodOptions(r=1))
+            planned[method]["blocks"] = len(group_blocks(adapter_layers(boosters)))
     return planned
 
 
-def _run_dir(out: Path, method: str, seed: int) -> Path:
-    return out / "runs" / f"{method}-s{seed}"
+# ---------------------------------------------------------------------------------------------- runs
+# Learning-rate grids live on the 1-2-5 lattice (..., 1e-4, 2e-4, 5e-4, 1e-3, ...: neighbours 2-2.5x apart), so
+# every study, and a later one centred on a new default, names the same rates and can reuse their runs.
+LR_GRID_POINTS = 5  # centred on the lattice rate nearest the method's default: a 25x span
+LR_GRID_EXTENSIONS = 2  # at most this many extra points beyond an edge where the best rate sits
+TUNE_SEED = 0  # the grid runs use this seed; its run at the selected rate is also the first evaluation seed
 
 
-def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool) -> str:
+@dataclass(frozen=True)
+class RunKey:
+    """What names one run of a comparison: method, seed, and the settings tuning changes (``lr`` None = the
+    preset's default rate; ``extra`` = the method's schedule knobs as sorted (name, value) pairs)."""
+
+    method: str
+    seed: int
+    lr: float | None = None
+    extra: tuple = ()
+
+    @property
+    def folder(self) -> str:
+        parts = [self.method] + ([f"lr{self.lr:.3g}"] if self.lr is not None else [])
+        parts += [f"{name.replace('_', '-')}{value}" for name, value in self.extra]
+        return "-".join(parts) + f"-s{self.seed}"
+
+
+def _run_dir(out: Path, method: str, seed: int, lr: float | None = None, extra: tuple = ()) -> Path:
+    return out / "runs" / RunKey(method, seed, lr, extra).folder
+
+
+def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool,
+                         lr: float | None = None, extra: dict | None = None, threads: int | None = None) -> str:
     """One run = one ``python -m lowrank_lab train`` process: its peak memory is its own (on CPU the process
     peak RSS is all a process can report), and a crash loses only that run. Returns what the child printed
     when it did not finish normally (its own status is in its metrics.json)."""
+    import os
     import subprocess
 
     cmd = [sys.executable, "-m", "lowrank_lab", "train", "--method", method, "--task", task_name,
            "--model", model_name, "--scale", scale, "--seed", str(seed), "--r", str(r), "--out", str(run_dir)]
+    if lr is not None:
+        cmd += ["--lr", repr(lr)]
+    for name, value in sorted((extra or {}).items()):
+        cmd += ["--" + name.replace("_", "-"), str(value)]
     if not show_progress:
         cmd.append("--quiet")
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    if threads is not None:  # parallel runs share the cores; a user's own setting wins
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if done.returncode == 0:
         return ""
     return f"exit {done.returncode}: {shlex.join(cmd)}\n{done.stdout[-2000:]}"
@@ -141,30 +185,169 @@ def _recorded(run_dir: Path) -> tuple[dict | None, str]:
     return metrics, ""
 
 
-def check_resumable(out: Path, runs: dict[tuple[str, int], dict]) -> None:
-    """Refuse (``ValueError``, before any run) when a run folder holds a run made with other settings."""
-    problems = []
-    for (method, seed), spec in runs.items():
-        metrics, _ = _recorded(_run_dir(out, method, seed))
-        if metrics is None:
-            continue  # nothing there, or unreadable: it will be (re-)run
-        recorded = metrics.get("run_spec")
-        if not isinstance(recorded, dict):
-            problems.append(f"{_run_dir(out, method, seed)}: made without a record of its settings "
-                            "(an older lowrank-lab)")
-            continue
-        differences = experiment.spec_differences(recorded, spec)
-        if differences:
-            problems.append(f"{_run_dir(out, method, seed)}: " + "; ".join(differences))
+def _mismatch(run_dir: Path, spec: dict) -> str | None:
+    """Why the run recorded in ``run_dir`` is not the run ``spec`` asks for (None: it is, or there is none)."""
+    metrics, _ = _recorded(run_dir)
+    if metrics is None:
+        return None  # nothing there, or unreadable: it will be (re-)run
+    recorded = metrics.get("run_spec")
+    if not isinstance(recorded, dict):
+        return f"{run_dir}: made without a record of its settings (an older lowrank-lab)"
+    differences = experiment.spec_differences(recorded, spec)
+    return f"{run_dir}: " + "; ".join(differences) if differences else None
+
+
+def _refuse(out: Path, problems: list[str]) -> None:
     if problems:
         raise ValueError(f"{out} holds runs made with other settings than this comparison asks for, so they "
                          f"cannot be reused; use another --out or delete them:\n  " + "\n  ".join(problems))
 
 
+class RunPool:
+    """The runs of one comparison: each (re)used only if its recorded settings match, run otherwise, ``jobs``
+    at a time (each run its own process); every outcome recorded (ok, diverged, failed)."""
+
+    def __init__(self, out: Path, task_name: str, model_name: str, scale: str, planned: dict, show_progress: bool,
+                 jobs: int = 1):
+        self.out, self.task_name, self.model_name, self.scale = out, task_name, model_name, scale
+        self.planned, self.show_progress, self.jobs = planned, show_progress, jobs
+        self.done: dict[RunKey, dict] = {}
+
+    def spec(self, key: RunKey) -> dict:
+        options = recipes.MethodOptions(r=self.planned[key.method]["r"], extra=dict(key.extra))
+        overrides = {"lr": key.lr} if key.lr is not None else {}
+        return experiment.run_spec(key.method, self.task_name, self.model_name, self.scale, key.seed, options,
+                                   overrides)
+
+    def check(self, keys) -> None:
+        """Refuse (ValueError) if any of ``keys`` has a folder holding another run; nothing runs."""
+        _refuse(self.out, [p for p in (_mismatch(self.out / "runs" / k.folder, self.spec(k)) for k in keys) if p])
+
+    def _run_one(self, key: RunKey) -> dict:
+        run_dir, spec = self.out / "runs" / key.folder, self.spec(key)
+        metrics, why = _recorded(run_dir)
+        if metrics is not None and metrics.get("status", "ok") == "failed":
+            metrics, why = None, f"its last attempt failed ({metrics.get('error')})"
+        if metrics is None:
+            if why != "not run yet":
+                print(f"{key.folder}: re-running: {why}")
+            threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
+            output = _train_in_subprocess(key.method, self.task_name, self.model_name, self.scale, key.seed,
+                                          self.planned[key.method]["r"], run_dir, self.show_progress,
+                                          lr=key.lr, extra=dict(key.extra), threads=threads)
+            metrics, why = _recorded(run_dir)
+            if metrics is None or metrics.get("run_spec") != spec:  # died before recording anything of its own
+                metrics = {"status": "failed", "error": output or why, "run_spec": spec}
+        metrics = {**metrics, "method": key.method, "seed": key.seed, "options_r": self.planned[key.method]["r"],
+                   "folder": key.folder}
+        metrics.setdefault("status", "ok")
+        if metrics["status"] == "ok":
+            print(f"{key.folder:<34} {metrics['metric']} = {metrics['metric_value']:.4f}  "
+                  f"({metrics['trainable_params']:,} trainable, {metrics['median_step_time_s']:.3f} s/step)")
+        else:
+            print(f"{key.folder:<34} {metrics['status'].upper()}: {str(metrics.get('error'))[-300:]}")
+        return metrics
+
+    def get(self, keys) -> list[dict]:
+        """The metrics of ``keys`` (in order), running the missing ones ``jobs`` at a time."""
+        keys = list(dict.fromkeys(keys))
+        self.check([k for k in keys if k not in self.done])
+        todo = [k for k in keys if k not in self.done]
+        if self.jobs > 1 and len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.jobs) as pool:  # threads only wait on the child processes
+                for key, metrics in zip(todo, pool.map(self._run_one, todo)):
+                    self.done[key] = metrics
+        else:
+            for key in todo:
+                self.done[key] = self._run_one(key)
+        return [self.done[k] for k in keys]
+
+
+def _validation_score(metrics: dict, higher_is_better: bool):
+    """Sort key of a grid run on VALIDATION only (never test): the primary metric, ties broken by the
+    validation loss; None for a run that did not finish (diverged, failed)."""
+    if metrics.get("status", "ok") != "ok" or metrics.get("metric_value") is None:
+        return None
+    value = metrics["metric_value"] if higher_is_better else -metrics["metric_value"]
+    loss = (metrics.get("validation") or {}).get("loss")
+    return (value, -loss if loss is not None and higher_is_better else 0.0)
+
+
+def lattice_rate(index: int) -> float:
+    """The ``index``-th rate of the 1-2-5 lattice: index 3e + j is (1, 2, 5)[j] x 10^e."""
+    exponent, position = divmod(index, 3)
+    return float(f"{(1, 2, 5)[position]}e{exponent}")
+
+
+def lattice_index(rate: float) -> int:
+    """The index of the lattice rate nearest ``rate`` in log scale."""
+    import math
+
+    start = 3 * math.floor(math.log10(rate))
+    return min(range(start - 1, start + 4), key=lambda i: abs(math.log(lattice_rate(i) / rate)))
+
+
+def lr_grid(center: float, points: int = LR_GRID_POINTS) -> list[float]:
+    """``points`` consecutive 1-2-5 lattice rates centred on the one nearest ``center``."""
+    middle = lattice_index(center)
+    return [lattice_rate(i) for i in range(middle - points // 2, middle - points // 2 + points)]
+
+
+def _grid_entry(lr: float, metrics: dict) -> dict:
+    return {"lr": lr, "status": metrics["status"], "validation": metrics.get("metric_value"),
+            "validation_loss": (metrics.get("validation") or {}).get("loss"), "folder": metrics["folder"]}
+
+
+def tune_lr(pool: RunPool, method: str, center: float, higher_is_better: bool, extra: tuple = ()) -> dict:
+    """Run ``method`` (seed :data:`TUNE_SEED`) over a log grid around ``center``, widening it by up to
+    :data:`LR_GRID_EXTENSIONS` points past an edge while the best rate sits there; select on validation.
+
+    Returns ``{"lr_grid": [{"lr", "status", "validation", ...}] (sorted by lr), "lr_selected": lr or None,
+    "edge": "low"/"high"/None (the selected rate is still the grid's edge after the extensions)}``."""
+    grid = lr_grid(center)
+    extended = {"low": 0, "high": 0}
+    while True:
+        results = dict(zip(grid, pool.get([RunKey(method, TUNE_SEED, lr, extra) for lr in grid])))
+        scored = {lr: _validation_score(m, higher_is_better) for lr, m in results.items()}
+        finished = {lr: s for lr, s in scored.items() if s is not None}
+        best = max(finished, key=lambda lr: (finished[lr], -lr)) if finished else None  # ties: the smaller rate
+        ordered = sorted(grid)
+        side = "low" if best == ordered[0] else "high" if best == ordered[-1] else None
+        if best is None or side is None or extended[side] >= LR_GRID_EXTENSIONS:
+            break
+        extended[side] += 1
+        grid.append(lattice_rate(lattice_index(best) + (-1 if side == "low" else 1)))
+    return {"lr_grid": [_grid_entry(lr, results[lr]) for lr in sorted(grid)], "lr_selected": best, "edge": side,
+            "selected_on": "validation"}
+
+
+def knob_grid(method: str, planned: dict, steps: int) -> list[dict]:
+    """Schedule knobs tuned at the selected rate where the paper leaves them open (XGBLoRA: blocks per round
+    L_s and steps per round κ, keeping at least 32 rounds); [] for other methods."""
+    if method != "xgblora":
+        return []
+    from lowrank_lab.methods.xgblora import default_blocks_per_round
+
+    blocks = planned[method]["blocks"]
+    per_round = sorted({default_blocks_per_round(blocks), blocks})
+    if steps is None:  # full scale: K follows the data size; keep the default kappa
+        return [{"blocks_per_round": b} for b in per_round]
+    kappas = sorted({max(1, steps // 32), max(1, steps // 64)}, reverse=True)
+    return [{"blocks_per_round": b, "steps_per_round": k} for b in per_round for k in kappas]
+
+
 def compare(task_name: str, model_name: str | None = None, scale: str = "smoke", seeds: int = 1,
             out: str | Path = "runs/compare", methods=COMPARE_METHODS, r: int = 8, show_progress: bool = True,
-            command: str | None = None) -> dict:
+            command: str | None = None, tune: bool = False, shared_lr: float | None = None, jobs: int = 1) -> dict:
     """Run (or resume) the comparison; return the results dict also written to ``out/results.json``.
+
+    * ``tune``: per method, a learning-rate grid selected on validation (:func:`tune_lr`), then the schedule
+      knobs (:func:`knob_grid`), then ``seeds`` seeds at the selected settings, reported on test.
+    * ``shared_lr``: every adapter method at this one rate, full fine-tuning at its own (the Bone paper's
+      protocol); excludes ``tune``.
+    * ``jobs``: runs at a time (each a process with cpu_count/jobs threads).
 
     ``results["failed"]`` lists runs that broke (not diverged) with their error; the CLI exits non-zero then.
     """
@@ -187,80 +370,102 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    if shared_lr is not None and (tune or not isinstance(shared_lr, (int, float)) or not 0 < shared_lr < float("inf")):
+        raise ValueError(f"shared_lr must be a positive number and excludes tune, got shared_lr={shared_lr!r}, "
+                         f"tune={tune!r}")
     model_name = model_name or experiment.default_model(task_name)
     from lowrank_lab.assets import MODEL_NAMES, model_spec
 
     if model_name not in MODEL_NAMES:
         raise ValueError(f"model must be one of {MODEL_NAMES}, got {model_name!r}")
-    if presets.task_kind(task_name) not in model_spec(model_name).kinds:
-        raise ValueError(f"model {model_name!r} cannot do task {task_name!r} ({presets.task_kind(task_name)})")
+    kind = presets.task_kind(task_name)
+    if kind not in model_spec(model_name).kinds:
+        raise ValueError(f"model {model_name!r} cannot do task {task_name!r} ({kind})")
     out = Path(out)
     files.check_writable_folder(out)
     planned = plan(methods, task_name, model_name, r)  # every budget problem surfaces before the first run
-    specs = {(method, seed): experiment.run_spec(method, task_name, model_name, scale, seed,
-                                                 recipes.MethodOptions(r=planned[method]["r"]))
-             for method in methods for seed in range(seeds)}
-    check_resumable(out, specs)  # and every stale run folder
+    metric, higher = presets.primary_metric(kind, scale)
+    pool = RunPool(out, task_name, model_name, scale, planned, show_progress, jobs)
+
+    def fixed_lr(method):  # the rate of an untuned run: None = the preset's default
+        return shared_lr if shared_lr is not None and method not in recipes.OPTIONLESS_METHODS else None
 
     start = time.perf_counter()
-    summaries, histories, failed = [], {}, []
-    for (method, seed), spec in specs.items():
-        run_dir = _run_dir(out, method, seed)
-        metrics, why = _recorded(run_dir)
-        if metrics is not None and metrics.get("status", "ok") == "failed":
-            metrics, why = None, f"its last attempt failed ({metrics.get('error')})"
-        if metrics is None:
-            if why != "not run yet":
-                print(f"{method:<19} seed {seed}: re-running: {why}")
-            output = _train_in_subprocess(method, task_name, model_name, scale, seed, planned[method]["r"],
-                                          run_dir, show_progress)
-            metrics, why = _recorded(run_dir)
-            if metrics is None or metrics.get("run_spec") != spec:  # died before recording anything of its own
-                metrics = {"status": "failed", "error": output or why, "run_spec": spec}
-        metrics = {**metrics, "method": method, "seed": seed, "options_r": planned[method]["r"]}
-        metrics.setdefault("status", "ok")
-        summaries.append(metrics)
-        if metrics["status"] == "ok":
-            if seed == 0 or method not in histories:
-                try:
-                    histories[method] = files.read_json(run_dir / "history.json")
-                except (ValueError, FileNotFoundError) as err:
-                    print(f"{method:<19} seed {seed}: no curve: {err}")
-            print(f"{method:<19} seed {seed}: {metrics['metric']} = {metrics['metric_value']:.4f}  "
-                  f"({metrics['trainable_params']:,} trainable, {metrics['median_step_time_s']:.3f} s/step)")
-        else:
-            print(f"{method:<19} seed {seed}: {metrics['status'].upper()}: {str(metrics.get('error'))[-300:]}")
-            if metrics["status"] == "failed":
-                failed.append({"method": method, "seed": seed, "error": metrics.get("error")})
+    settings = {m: {"lr": fixed_lr(m), "extra": ()} for m in methods}
+    tuning = {}
+    if tune:
+        centers = {m: presets.learning_rate(m, kind) for m in methods}
+        pool.check([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])])  # stale runs first
+        pool.get([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])])  # jobs at a time
+        steps = presets.train_preset(task_name, scale)["max_steps"]
+        for method in methods:
+            tuning[method] = tune_lr(pool, method, centers[method], higher)
+            settings[method]["lr"] = tuning[method]["lr_selected"]
+            knobs = knob_grid(method, planned, steps)
+            if knobs and settings[method]["lr"] is not None:
+                candidates = [tuple(sorted(k.items())) for k in knobs]
+                runs = pool.get([RunKey(method, TUNE_SEED, settings[method]["lr"], c) for c in candidates])
+                scored = [(_validation_score(m, higher), c) for m, c in zip(runs, candidates)]
+                best = max((s for s in scored if s[0] is not None), default=None, key=lambda s: s[0])
+                tuning[method]["knob_grid"] = [{**dict(c), "status": m["status"], "validation": m.get("metric_value"),
+                                                "folder": m["folder"]} for m, c in zip(runs, candidates)]
+                tuning[method]["knobs_selected"] = dict(best[1]) if best else None
+                settings[method]["extra"] = best[1] if best else ()
+    else:
+        pool.check([RunKey(m, s, settings[m]["lr"]) for m in methods for s in range(seeds)])
 
-    metric, higher = presets.primary_metric(presets.task_kind(task_name), scale)
+    evaluated = [m for m in methods if not tune or settings[m]["lr"] is not None]  # no rate finished: no seeds
+    keys = [RunKey(m, s, settings[m]["lr"], settings[m]["extra"]) for m in evaluated for s in range(seeds)]
+    summaries = pool.get(keys)
+    histories = {}
+    for key, metrics in zip(keys, summaries):
+        if metrics["status"] == "ok" and key.method not in histories:
+            try:
+                histories[key.method] = files.read_json(out / "runs" / key.folder / "history.json")
+            except (ValueError, FileNotFoundError) as err:
+                print(f"{key.folder}: no curve: {err}")
+    failed = [{"method": m["method"], "seed": m["seed"], "folder": m["folder"], "error": m.get("error")}
+              for m in pool.done.values() if m["status"] == "failed"]
     results = {
         "command": command, "task": task_name, "model": model_name, "scale": scale, "seeds": seeds, "r": r,
         "budget": next(iter(planned.values()))["budget"], "matching": planned, "metric": metric,
-        "higher_is_better": higher, "table": experiment.aggregate(summaries, methods=methods), "runs": summaries,
-        "failed": failed, "wall_time_s": time.perf_counter() - start,
+        "higher_is_better": higher, "protocol": "tuned" if tune else "shared_lr" if shared_lr is not None else "preset",
+        "shared_lr": shared_lr, "jobs": jobs, "tuning": tuning,
+        "settings": {m: {"lr": s["lr"] if s["lr"] is not None else presets.learning_rate(m, kind),
+                         "extra": dict(s["extra"])} for m, s in settings.items()},
+        "table": experiment.aggregate(summaries, methods=methods),
+        "test_table": experiment.aggregate(summaries, key="test_metric_value", methods=methods),
+        "runs": summaries, "failed": failed, "wall_time_s": time.perf_counter() - start,
     }
+    results["reproduction"] = reproduction_rows(results)
     write_outputs(out, results, histories)
     return results
 
 
 def markdown(results: dict) -> str:
     metric = results["metric"] + ("" if results["higher_is_better"] else ", lower is better")
+    tests = results.get("test_table") or experiment.aggregate(results["runs"], key="test_metric_value",
+                                                              methods=list(results["table"]))
     lines = [f"{results['task']} · {results['model']} · scale {results['scale']} · {results['seeds']} seed(s) · "
-             f"budget: LoRA r={results['r']} = {results['budget']:,} trainable parameters",
-             "", f"| method | budget rule | r | validation {metric} (mean ± std) | test (mean) | trainable | s/step | "
-             "peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
+             f"budget: LoRA r={results['r']} = {results['budget']:,} trainable parameters · protocol: "
+             f"{_protocol_text(results)}",
+             "", f"| method | budget rule | r | lr | validation {metric} (mean ± std) | test (mean ± std) | trainable | "
+             "s/step | peak memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
     for method, row in results["table"].items():
-        tests = [s["test_metric_value"] for s in results["runs"]
-                 if s["method"] == method and s.get("test_metric_value") is not None]
-        test = f"{sum(tests) / len(tests):.4f}" if tests else "—"
         match = results["matching"][method]
         trainable = (f"{row['trainable_params']:,} ({row['trainable_params'] / row['total_params']:.2%})"
                      if row.get("trainable_params") else "—")
         step = f"{row['median_step_time_s']:.3f}" if row.get("median_step_time_s") is not None else "—"
         memory = f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") is not None else "—"
+        setting = (results.get("settings") or {}).get(method) or {}
+        lr = f"{setting['lr']:.3g}" if setting.get("lr") is not None else "preset"
+        if setting.get("extra"):
+            lr += " (" + ", ".join(f"{k}={v}" for k, v in setting["extra"].items()) + ")"
         lines.append(f"| {method} | {match['rule_text']} | {match['r'] if match['rule'] != 'reference' else '—'} | "
-                     f"{experiment.describe(row)} | {test} | {trainable} | {step} | {memory} |")
+                     f"{lr} | {experiment.describe(row)} | {experiment.describe(tests[method])} | {trainable} | "
+                     f"{step} | {memory} |")
     if results.get("command"):
         lines += ["", f"Produced by: `{results['command']}`"]
     return "\n".join(lines)
@@ -297,63 +502,78 @@ REPRODUCTION_CLAIMS = (
 )
 
 
+def _per_seed(results: dict, method: str, key: str) -> dict[int, float]:
+    return {run["seed"]: run[key] for run in results["runs"]
+            if run["method"] == method and run.get("status", "ok") == "ok" and run.get(key) is not None}
+
+
 def reproduction_rows(results: dict) -> list[dict]:
-    """Our verdict on each claim whose methods are in ``results``: reproduced / not reproduced, with numbers."""
-    table, sign = results["table"], 1.0 if results["higher_is_better"] else -1.0
-    rows = []
+    """Our three-way verdict on each claim whose methods are in ``results``, from the paired per-seed
+    differences on the TEST split (validation chose the settings): the mean difference, its 95% CI, the
+    smallest difference the study could detect, and ``reproduced`` / ``contradicted`` / ``inconclusive``."""
+    from lowrank_lab import stats
+
+    higher, rows = results["higher_is_better"], []
     for claim in REPRODUCTION_CLAIMS:
-        ours, base = table.get(claim["method"]), table.get(claim["baseline"])
-        if ours is None or base is None:
+        if claim["method"] not in results["table"] or claim["baseline"] not in results["table"]:
             continue
-        if ours["mean"] is None or base["mean"] is None:  # every run of one side diverged or failed
-            rows.append({**claim, "verdict": "n/a: no finished run",
-                         "measured": f"{claim['method']}: {experiment.describe(ours)}; "
-                                     f"{claim['baseline']}: {experiment.describe(base)}"})
-            continue
-        diff = sign * (ours["mean"] - base["mean"])  # > 0: the method is better
-        spread = max(ours["std"], base["std"])
-        if claim["kind"] == "faster":
-            held = ours["median_step_time_s"] < base["median_step_time_s"]
-            measured = (f"{ours['median_step_time_s']:.3f} vs {base['median_step_time_s']:.3f} s/step "
-                        f"({ours['median_step_time_s'] / base['median_step_time_s']:.2f}x)")
+        if claim["kind"] == "faster":  # seconds per step, lower is better
+            key, key_higher, unit = "median_step_time_s", False, "s/step"
         else:
+            key, key_higher, unit = "test_metric_value", higher, f"test {results['metric']}"
+        ours, base = _per_seed(results, claim["method"], key), _per_seed(results, claim["baseline"], key)
+        threshold = -claim.get("tolerance", 0.0)  # "matches": not worse by more than the tolerance
+        paired = stats.paired_difference(ours, base, key_higher, threshold)
+        if paired["n"] == 0:
+            measured = f"no seed where both finished ({claim['method']}: {len(ours)}, {claim['baseline']}: {len(base)})"
+        else:
+            mean_ours, mean_base = (sum(ours[s] for s in paired["seeds"]) / paired["n"],
+                                    sum(base[s] for s in paired["seeds"]) / paired["n"])
+            ci = paired["ci95"]
+            measured = (f"{unit} {mean_ours:.4f} vs {mean_base:.4f} ({claim['baseline']}); paired difference "
+                        f"{paired['mean']:+.4f}" + (f", 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], detectable "
+                                                     f"±{paired['detectable']:.4f}" if ci else ", no CI (1 seed)")
+                        + f"; n={paired['n']}")
             if claim["kind"] == "matches":
-                held = diff >= -claim["tolerance"]
-            elif claim["kind"] == "fewer_params":
-                held = diff >= 0 and ours["trainable_params"] < base["trainable_params"]
-            else:
-                held = diff > 0
-            measured = (f"{results['metric']} {ours['mean']:.4f} ± {ours['std']:.4f} vs {base['mean']:.4f} ± "
-                        f"{base['std']:.4f} ({claim['baseline']})")
+                measured += f"; claim holds if the difference is > -{claim['tolerance']}"
             if claim["kind"] == "fewer_params":
-                measured += f"; trainable {ours['trainable_params']:,} vs {base['trainable_params']:,}"
-            if claim["kind"] == "matches":
-                measured += f"; tolerance {claim['tolerance']}"
-            if table.get(claim.get("gap_to"), {}).get("mean") is not None:
+                measured += (f"; trainable {results['table'][claim['method']]['trainable_params']:,} vs "
+                             f"{results['table'][claim['baseline']]['trainable_params']:,}")
+            target = _per_seed(results, claim.get("gap_to", ""), key) if claim.get("gap_to") else {}
+            if target:
                 from lowrank_lab.experiment import gap_closed
 
-                fraction = gap_closed(base["mean"], ours["mean"], table[claim["gap_to"]]["mean"],
-                                      results["higher_is_better"])
+                fraction = gap_closed(mean_base, mean_ours, sum(target.values()) / len(target), higher)
                 measured += "; gap to full FT closed: " + ("n/a (full FT not better)" if fraction is None
                                                            else f"{fraction:.0%}")
-            if results["seeds"] > 1 and abs(diff) <= spread:
-                measured += " (difference within the seed spread)"
-        verdict = "reproduced" if held else "not reproduced"
-        if results["scale"] == "smoke":  # a few steps on a few examples exercise the code, they test nothing
-            verdict = "n/a at smoke scale"
-        rows.append({**claim, "measured": measured, "verdict": verdict})
+        rows.append({**claim, "measured": measured, "verdict": paired["verdict"], "ci95": paired["ci95"],
+                     "difference": paired["mean"], "detectable": paired["detectable"], "n": paired["n"],
+                     "ci_method": paired["ci_method"], "split": "test" if key == "test_metric_value" else key})
     return rows
 
 
 def reproduction_markdown(results: dict) -> str:
+    note = ("At smoke scale a few steps on a few examples exercise the code; the verdicts test nothing."
+            if results["scale"] == "smoke" else
+            "The papers' evidence is theirs (their models and data); ours is a direction test on a small model and "
+            "budget. Verdicts come from the 95% CI of the paired per-seed difference on test: reproduced (CI on the "
+            "claimed side), contradicted (CI on the other side), inconclusive (CI covers the threshold).")
     lines = [f"Reproduction at our scale: {results['task']} · {results['model']} · {results['scale']} · "
-             f"{results['seeds']} seed(s). The papers' evidence is theirs (their models and data); ours is a "
-             "direction test on a small model and budget.", "",
+             f"{results['seeds']} seed(s) · protocol: {_protocol_text(results)}. {note}", "",
              "| paper | claim | paper's evidence | our measurement | verdict |", "|---|---|---|---|---|"]
-    for row in reproduction_rows(results):
+    for row in results.get("reproduction") or reproduction_rows(results):
         lines.append(f"| {row['paper']} | {row['claim']} | {row['paper_evidence']} | {row['measured']} | "
                      f"**{row['verdict']}** |")
     return "\n".join(lines)
+
+
+def _protocol_text(results: dict) -> str:
+    protocol = results.get("protocol", "preset")
+    if protocol == "tuned":
+        return "each method at its own learning rate, selected on validation"
+    if protocol == "shared_lr":
+        return f"one shared learning rate {results['shared_lr']:g} for every adapter (full FT at its own)"
+    return "each method at its preset learning rate"
 
 
 def write_outputs(out: Path, results: dict, histories: dict) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the training-loop tests (test_train.py, test_precision.py): small real data, loaded once."""
+"""Fixtures shared by the tests: small real data loaded once (test_train.py, test_precision.py), and compare's
+runs made in this process (test_compare.py, the fault matrices)."""
 
 import pytest
 
@@ -18,3 +19,21 @@ def sentiment():
 @pytest.fixture(scope="module")
 def gsm():
     return load_task("gsm", max_train=8, max_eval=4)
+
+
+@pytest.fixture
+def compare_in_process(monkeypatch):
+    """Make ``compare`` train each run in this process through the CLI's ``main`` (no interpreter start-up per
+    run, and methods registered by a test exist there too). One test keeps the real subprocess path."""
+    from lowrank_lab import cli, compare
+
+    def run(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None):
+        argv = ["train", "--method", method, "--task", task_name, "--model", model_name, "--scale", scale,
+                "--seed", str(seed), "--r", str(r), "--out", str(run_dir), "--quiet"]
+        argv += ["--lr", repr(lr)] if lr is not None else []
+        for name, value in sorted((extra or {}).items()):
+            argv += ["--" + name.replace("_", "-"), str(value)]
+        code = cli.main(argv)
+        return "" if code == 0 else f"exit {code}"
+
+    monkeypatch.setattr(compare, "_train_in_subprocess", run)

@@ -5,12 +5,13 @@ import json
 import pytest
 
 from lowrank_lab import cli
+from lowrank_lab import compare as compare_module
 from lowrank_lab.compare import COMPARE_METHODS, compare, plan
 
 ARTIFACTS = ("results.json", "results.csv", "table.md", "reproduction.md", "curves.png", "metric_vs_params.png", "cost.png")
 
 
-def test_every_method_at_smoke_writes_every_artifact_and_resumes(tmp_path):
+def test_every_method_at_smoke_writes_every_artifact_and_resumes(tmp_path, compare_in_process):
     out = tmp_path / "cmp"
     results = compare("sentiment", scale="smoke", seeds=1, out=out, show_progress=False, command="test")
     for name in ARTIFACTS:
@@ -26,6 +27,14 @@ def test_every_method_at_smoke_writes_every_artifact_and_resumes(tmp_path):
     assert len(stamps) == len(COMPARE_METHODS)
     compare("sentiment", scale="smoke", seeds=1, out=out, show_progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}  # nothing re-ran
+
+
+def test_each_run_is_its_own_process(tmp_path):
+    """The real path: ``python -m lowrank_lab train`` children (the test above runs them in-process)."""
+    out = tmp_path / "cmp"
+    results = compare("sentiment", scale="smoke", seeds=1, out=out, methods=("lora",), show_progress=False)
+    metrics = json.loads((out / "runs" / "lora-s0" / "metrics.json").read_text())
+    assert results["runs"][0]["status"] == metrics["status"] == "ok" and metrics["peak_memory_mb"] > 0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -49,26 +58,110 @@ def test_a_budget_no_rank_can_meet_is_refused_before_any_run():
         plan(("lora", "bone"), "sentiment", "minilm", r=512)
 
 
-def _results(scale="cpu", seeds=3, higher=True, **means):
-    row = lambda mean, std=0.01, params=1000, time_s=0.1: {"mean": mean, "std": std, "trainable_params": params,
-                                                            "median_step_time_s": time_s}
-    return {"metric": "accuracy", "higher_is_better": higher, "scale": scale, "seeds": seeds, "task": "t",
-            "model": "m", "table": {k: row(*v) if isinstance(v, tuple) else row(v) for k, v in means.items()}}
+def _results(higher=True, **per_seed):
+    """A results dict with one run per (method, seed): per_seed = {method: [test values], ...}; step times
+    come from a ``<method>_time`` list when given."""
+    runs = [{"method": m, "seed": seed, "status": "ok", "test_metric_value": value,
+             "median_step_time_s": per_seed.get(f"{m}_time", [0.1] * len(values))[seed]}
+            for m, values in per_seed.items() if not m.endswith("_time") for seed, value in enumerate(values)]
+    table = {m: {"trainable_params": 1000} for m in per_seed if not m.endswith("_time")}
+    return {"metric": "accuracy", "higher_is_better": higher, "scale": "cpu", "seeds": 5, "task": "t",
+            "model": "m", "table": table, "runs": runs}
 
 
-def test_reproduction_verdicts_follow_the_numbers():
+def test_verdicts_are_three_way_from_the_paired_ci():
     from lowrank_lab.compare import reproduction_rows
 
+    lora = [0.80, 0.82, 0.78, 0.81, 0.79]
     rows = {(r["method"], r["kind"]): r for r in reproduction_rows(_results(
-        full=0.90, lora=0.80, **{"lora-pro": 0.85}, bone=(0.79, 0.01, 1000, 0.09), bat=(0.81, 0.01, 1000, 0.2)))}
+        full=[v + 0.10 for v in lora], lora=lora,
+        **{"lora-pro": [v + 0.05 + 0.002 * (i - 2) for i, v in enumerate(lora)]},  # always better: tight CI above 0
+        bone=[0.79, 0.84, 0.76, 0.80, 0.80],  # better on two seeds, worse on two: CI covers 0
+        bat=[v - 0.03 for v in [0.79, 0.84, 0.76, 0.80, 0.80]],  # always worse than bone
+        bone_time=[0.09] * 5, lora_time=[0.1] * 5))}
     assert rows[("lora-pro", "better")]["verdict"] == "reproduced"
+    assert rows[("lora-pro", "better")]["ci95"][0] > 0 and rows[("lora-pro", "better")]["n"] == 5
     assert "gap to full FT closed: 50%" in rows[("lora-pro", "better")]["measured"]
-    assert rows[("lora", "matches")]["verdict"] == "not reproduced"  # 0.80 vs 0.90, tolerance 0.02
-    assert rows[("bone", "better")]["verdict"] == "not reproduced"
-    assert rows[("bone", "faster")]["verdict"] == "reproduced"
-    assert rows[("bat", "better")]["verdict"] == "reproduced"
-    assert ("gelora", "better") not in rows  # a method not in the table gives no row
-    lower = reproduction_rows(_results(higher=False, lora=2.0, **{"lora-pro": 1.5}))
-    assert lower[0]["verdict"] == "reproduced"  # lower loss is better
-    smoke = reproduction_rows(_results(scale="smoke", lora=0.5, **{"lora-pro": 0.9}))
-    assert smoke[0]["verdict"] == "n/a at smoke scale"
+    assert rows[("lora", "matches")]["verdict"] == "contradicted"  # 0.10 worse, tolerance 0.02
+    assert rows[("bone", "better")]["verdict"] == "inconclusive"
+    assert rows[("bone", "faster")]["verdict"] == "reproduced" and rows[("bone", "faster")]["split"] == "median_step_time_s"
+    assert rows[("bat", "better")]["verdict"] == "contradicted"
+    assert ("gelora", "better") not in {(r["method"], r["kind"]) for r in rows.values()}  # not in the table
+    lower = reproduction_rows(_results(higher=False, lora=[2.0, 2.1, 1.9], **{"lora-pro": [1.5, 1.7, 1.4]}))
+    assert lower[0]["verdict"] == "reproduced" and lower[0]["split"] == "test"  # lower loss is better
+    one_seed = reproduction_rows(_results(lora=[0.5], **{"lora-pro": [0.9]}))
+    assert one_seed[0]["verdict"] == "inconclusive" and one_seed[0]["ci95"] is None
+
+
+def fake_child(val_best: float, test_best: float):
+    """A stand-in for ``python -m lowrank_lab train`` that records a finished run (with the spec the CLI would
+    write) whose validation accuracy peaks at lr = val_best and whose test accuracy peaks at lr = test_best."""
+    import math
+
+    from lowrank_lab import experiment, files, recipes
+
+    def child(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None):
+        lr = lr if lr is not None else compare_module.presets.learning_rate(method, "classification")
+        spec = experiment.run_spec(method, task_name, model_name, scale, seed,
+                                   recipes.MethodOptions(r=r, extra=extra or {}), {"lr": lr})
+        peak = lambda best: 0.9 - 0.1 * abs(math.log2(lr / best)) + 0.001 * seed
+        files.write_json(run_dir / "history.json", {"step": [1], "train_loss": [0.5], "evals": [], "lr": [lr]})
+        files.write_json(run_dir / "metrics.json", {
+            "run_spec": spec, "status": "ok", "method": method, "seed": seed, "lr": lr, "metric": "accuracy",
+            "higher_is_better": True, "metric_value": peak(val_best), "validation": {"loss": 0.3},
+            "test_metric_value": peak(test_best), "trainable_params": 100, "total_params": 1000,
+            "median_step_time_s": 0.1, "peak_memory_mb": 10.0, "wall_time_s": 1.0, "final_train_loss": 0.5})
+        return ""
+    return child
+
+
+def test_tune_lr_selects_on_validation_never_test_and_widens_an_edge(tmp_path, monkeypatch):
+    # validation peaks at 5x the default (the grid's edge: one more point is added), test at the default
+    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
+    results = compare("sentiment", scale="smoke", seeds=3, out=tmp_path / "c", methods=("lora", "full"),
+                      tune=True, show_progress=False)
+    lora = results["tuning"]["lora"]
+    assert [g["lr"] for g in lora["lr_grid"]] == [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]  # the 1-2-5 lattice
+    assert lora["lr_selected"] == 5e-3 and lora["edge"] is None and lora["selected_on"] == "validation"
+    assert all(set(g) >= {"lr", "validation", "status"} for g in lora["lr_grid"])
+    assert results["settings"]["lora"]["lr"] == 5e-3
+    assert {r["folder"] for r in results["runs"] if r["method"] == "lora"} == {f"lora-lr0.005-s{s}" for s in range(3)}
+    saved = json.loads((tmp_path / "c" / "results.json").read_text())
+    full = saved["tuning"]["full"]  # its default 5e-5 is far below 5e-3: the grid widens twice, then says so
+    assert [g["lr"] for g in full["lr_grid"]] == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
+    assert full["lr_selected"] == 1e-3 and full["edge"] == "high"
+    for row in saved["reproduction"]:
+        assert row["verdict"] in ("reproduced", "contradicted", "inconclusive") and len(row["ci95"]) == 2
+
+
+def test_tune_lr_runs_xgblora_knobs_at_the_selected_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-2, test_best=1e-2))
+    results = compare("sentiment", scale="smoke", seeds=1, out=tmp_path / "c", methods=("xgblora",), tune=True,
+                      show_progress=False)
+    tuning = results["tuning"]["xgblora"]
+    assert tuning["lr_selected"] == 0.01
+    assert {(k["blocks_per_round"], k["steps_per_round"]) for k in tuning["knob_grid"]} == {(2, 1), (6, 1)}
+    assert results["settings"]["xgblora"]["extra"] == tuning["knobs_selected"]
+
+
+def test_shared_lr_gives_every_adapter_one_rate_and_full_ft_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
+    results = compare("sentiment", scale="smoke", seeds=2, out=tmp_path / "c", methods=("full", "lora", "bone"),
+                      shared_lr=2e-5, show_progress=False)
+    assert {m: s["lr"] for m, s in results["settings"].items()} == {"full": 5e-5, "lora": 2e-5, "bone": 2e-5}
+    assert "one shared learning rate 2e-05" in compare_module.markdown(results)
+
+
+def test_tune_lr_at_smoke_through_the_cli(tmp_path, compare_in_process, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", "--task", "sentiment", "--scale", "smoke", "--methods", "lora", "--seeds", "2", "--tune-lr",
+            "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    tuning = saved["tuning"]["lora"]
+    assert len(tuning["lr_grid"]) >= 5 and tuning["lr_selected"] in [g["lr"] for g in tuning["lr_grid"]]
+    best = max((g for g in tuning["lr_grid"] if g["status"] == "ok"),
+               key=lambda g: (g["validation"], -g["validation_loss"], -g["lr"]))
+    assert best["lr"] == tuning["lr_selected"]  # chosen by validation (accuracy, then loss)
+    assert [r["seed"] for r in saved["runs"]] == [0, 1] and saved["settings"]["lora"]["lr"] == tuning["lr_selected"]
+    assert "lr" in (out / "table.md").read_text() and "selected on validation" in (out / "table.md").read_text()

@@ -62,15 +62,6 @@ def broken_methods(monkeypatch):
         monkeypatch.setitem(recipes.OPTIMIZERS, name, sabotaged(how, at=None if how == "nan" else 2))
 
 
-def in_process(monkeypatch):
-    """Make compare run each child in this process (so test-only methods exist there too)."""
-    def run(method, task_name, model_name, scale, seed, r, run_dir, show_progress):
-        code = cli.main(["train", "--method", method, "--task", task_name, "--model", model_name, "--scale", scale,
-                         "--seed", str(seed), "--r", str(r), "--out", str(run_dir), "--quiet"])
-        return "" if code == 0 else f"exit {code}"
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", run)
-
-
 def no_runs(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compare started a run it should have reused or refused")
@@ -105,8 +96,7 @@ def test_02_cli_reports_a_diverged_run_in_one_line_and_exits_4(tmp_path, capsys,
     assert "NaN" not in (out / "metrics.json").read_text() + (out / "history.json").read_text()
 
 
-def test_02_compare_records_the_diverged_run_and_goes_on(tmp_path, monkeypatch, capsys, broken_methods):
-    in_process(monkeypatch)
+def test_02_compare_records_the_diverged_run_and_goes_on(tmp_path, capsys, broken_methods, compare_in_process):
     out = tmp_path / "cmp"
     results = compare("sentiment", scale="smoke", seeds=1, out=out, methods=("lora-nan-last", "lora"),
                       show_progress=False)
@@ -175,8 +165,7 @@ def test_03_a_run_without_a_record_of_its_settings_is_refused(lora_r8_run, tmp_p
 # ------------------------------------------------------------------ 10: atomic, strict files
 
 
-def test_10_a_truncated_run_file_is_named_and_re_run(lora_r8_run, tmp_path, monkeypatch, capsys):
-    in_process(monkeypatch)
+def test_10_a_truncated_run_file_is_named_and_re_run(lora_r8_run, tmp_path, capsys, compare_in_process):
     out = copy_of(lora_r8_run, tmp_path)
     path = out / "runs" / "lora-s0" / "metrics.json"
     path.write_text(path.read_text()[:100])  # what a plain write interrupted half-way leaves
@@ -249,9 +238,8 @@ def test_11_training_failures_are_not_usage_errors(tmp_path, capsys, broken_meth
     assert files.read_json(out / "metrics.json")["status"] == ("diverged" if code == cli.DIVERGED else "failed")
 
 
-def test_11_a_failed_run_is_retried_by_compare_and_the_command_exits_3(tmp_path, monkeypatch, capsys,
-                                                                       broken_methods):
-    in_process(monkeypatch)
+def test_11_a_failed_run_is_retried_by_compare_and_the_command_exits_3(tmp_path, capsys, broken_methods,
+                                                                       compare_in_process):
     out = tmp_path / "cmp"
     argv = ["compare", "--task", "sentiment", "--scale", "smoke", "--methods", "lora-crash", "--out", str(out),
             "--quiet"]

@@ -411,5 +411,5 @@ def test_recipe_settings_are_checked():
     model.lowrank_lab_xgblora_settings = XGBLoRASettings(blocks_per_round=5)
     with pytest.raises(ValueError, match=r"blocks_per_round must be an int in \[1, L=4\]"):
         make_xgblora_optimizer(model, TrainConfig(max_steps=8))
-    opt = make_xgblora_optimizer(lora_net(), TrainConfig(max_steps=40))  # defaults: 16 rounds, 11/32 of L
-    assert opt.steps_per_round == math.ceil(40 / 16) and opt.blocks_per_round == 1
+    opt = make_xgblora_optimizer(lora_net(), TrainConfig(max_steps=40))  # defaults: 32 rounds, 11/32 of L
+    assert opt.steps_per_round == math.ceil(40 / 32) and opt.blocks_per_round == 1
