@@ -23,6 +23,7 @@ hold only the current boosters; call ``XGBLoRA.of(model).to_lora()`` first).
 
 from __future__ import annotations
 
+import math
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -282,7 +283,10 @@ def _lora_to_peft(model: nn.Module, config: AdapterConfig) -> tuple[dict, dict[s
         "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
         # per-module ranks spelled out by full path, so PEFT's pattern lookup cannot pick a wrong key
         "rank_pattern": {name: layer.r for name, layer in layers.items() if layer.r != config.r},
-        "alpha_pattern": {},
+        # PEFT's scale is alpha_pattern.get(path, lora_alpha) / r (or / sqrt(r)): each layer's own alpha back
+        "alpha_pattern": {name: alpha for name, layer in layers.items()
+                          if (alpha := layer.scaling * (math.sqrt(layer.r) if config.use_rslora else layer.r))
+                          != config.alpha},
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,

@@ -352,6 +352,23 @@ def test_cli_gelora_trains_with_uniform_r8_budget(tmp_path):
     head = sum(p.numel() for p in base.classifier.parameters())
     assert metrics["method"] == "gelora" and math.isfinite(metrics["final_train_loss"])
     assert abs(metrics["trainable_params"] - head - budget) <= 0.01 * budget
+    assert metrics["scaling"] == 2.0 and "scaling_by_layer" not in metrics  # alpha ∝ r: LoRA's s = 16/8 everywhere
+
+
+def test_scale_rules_keep_lora_scale_or_one_alpha():
+    from lowrank_lab import recipes
+    from lowrank_lab.assets import load_model, load_task
+
+    task = load_task("sentiment", max_train=64, max_eval=4)
+    scales = {}
+    for rule in ("alpha_proportional_to_rank", "fixed_alpha"):
+        torch.manual_seed(0)
+        model = recipes.prepare("gelora", load_model("minilm", num_labels=2), "minilm", task,
+                                recipes.MethodOptions(r=8, extra={"scale_rule": rule, "calibration_examples": 64}))
+        scales[rule] = {name: (layer.r, layer.scaling) for name, layer in lrl.adapter_layers(model).items()}
+    assert len({r for r, _ in scales["fixed_alpha"].values()}) > 1  # the ranks do vary
+    assert all(s == pytest.approx(2.0) for _, s in scales["alpha_proportional_to_rank"].values())
+    assert all(s == pytest.approx(16.0 / r) for r, s in scales["fixed_alpha"].values())
 
 
 @pytest.mark.parametrize("extra, message", [

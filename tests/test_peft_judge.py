@@ -23,6 +23,12 @@ CASES = {
         "classification",
         dict(r=4, alpha=8, target_modules=("query", "value"), use_rslora=True, rank_pattern={"encoder.layer.1.attention.self.query": 2}),
     ),
+    "minilm-alpha-pattern": (  # GeLoRA's per-layer alpha (alpha ∝ r): PEFT's alpha_pattern must agree
+        "minilm",
+        "classification",
+        dict(r=4, alpha=8, target_modules=("query", "value"), rank_pattern={"encoder.layer.1.attention.self.query": 2},
+             alpha_pattern={"encoder.layer.1.attention.self.query": 4.0, "encoder.layer.2.attention.self.value": 3.0}),
+    ),
     "tiny-llama-lora": ("tiny-llama", "causal_lm", dict(r=8, alpha=16, target_modules=model_spec("tiny-llama").all_linear_targets)),
     "tiny-llama-rslora": ("tiny-llama", "causal_lm", dict(r=3, alpha=5, target_modules=("q_proj", "v_proj", "down_proj"), use_rslora=True)),
 }
@@ -43,6 +49,7 @@ def ours_and_peft(name, kind, kwargs):
         target_modules=list(kwargs["target_modules"]),
         use_rslora=kwargs.get("use_rslora", False),
         rank_pattern=kwargs.get("rank_pattern", {}),
+        alpha_pattern=kwargs.get("alpha_pattern", {}),
         modules_to_save=list(head) or None,
         lora_dropout=0.0,
     )

@@ -51,6 +51,9 @@ class LoRAConfig(AdapterConfig):
     rank_pattern: dict[str, int] = field(
         default_factory=dict, metadata={"help": "per-module rank overrides {module name or suffix: r}"}
     )
+    alpha_pattern: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "per-module alpha overrides {module name or suffix: alpha} (PEFT's)"}
+    )
     modules_to_save: tuple[str, ...] = field(
         default=(), metadata={"help": "modules kept fully trainable and saved with the adapter (e.g. a new head)"}
     )
@@ -67,6 +70,10 @@ class LoRAConfig(AdapterConfig):
         self.dropout = check_fraction("dropout", self.dropout)
         check_bool("use_rslora", self.use_rslora)
         self.rank_pattern = check_rank_pattern("rank_pattern", self.rank_pattern)
+        if not isinstance(self.alpha_pattern, dict):
+            raise ValueError(f"alpha_pattern must be a dict of module name -> alpha, got {self.alpha_pattern!r}")
+        self.alpha_pattern = {key: check_positive_float(f"alpha_pattern[{key!r}]", value)
+                              for key, value in sorted(self.alpha_pattern.items())}
         modules = normalize_module_names("modules_to_save", self.modules_to_save, allow_empty=True)
         if isinstance(modules, str):
             raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
@@ -77,8 +84,12 @@ class LoRAConfig(AdapterConfig):
     def rank_for(self, module_name: str) -> int:
         return pattern_value(self.rank_pattern, module_name, self.r)
 
-    def scaling_for(self, rank: int) -> float:
-        return self.alpha / math.sqrt(rank) if self.use_rslora else self.alpha / rank
+    def alpha_for(self, module_name: str) -> float:
+        return pattern_value(self.alpha_pattern, module_name, self.alpha)
+
+    def scaling_for(self, rank: int, module_name: str | None = None) -> float:
+        alpha = self.alpha if module_name is None else self.alpha_for(module_name)
+        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
 
     def create_layer(self, module_name: str, base_layer: nn.Linear) -> "LoRALinear":
         rank = self.rank_for(module_name)
@@ -87,7 +98,7 @@ class LoRAConfig(AdapterConfig):
             warnings.warn(f"r={rank} exceeds min(in, out)={full} of module {module_name!r} "
                           f"(Linear in={base_layer.in_features}, out={base_layer.out_features}): the update is no "
                           f"longer low rank and costs more than a dense ΔW", stacklevel=3)
-        return LoRALinear(base_layer, rank, self.scaling_for(rank), self.dropout, self.init)
+        return LoRALinear(base_layer, rank, self.scaling_for(rank, module_name), self.dropout, self.init)
 
 
 class LoRALinear(AdapterLayer):

@@ -28,8 +28,16 @@ verified; ours, documented: every targeted matrix of block i gets
 clipped to [min_rank, min(m, n)]. With a parameter ``budget`` (Σ r·(m + n) over the targeted matrices, the
 count of LoRA's A and B), the ranks are instead proportional to ``lb_i + offset`` and scaled so the budget
 is met within ±1 % (largest-remainder rounding). The ranks are fixed before training; training is plain
-LoRA with ``LoRAConfig(rank_pattern=ranks)``. α is not per-layer (LoRAConfig has no α pattern), so each
-layer's scale is α/r_i, as with PEFT's ``rank_pattern``.
+LoRA with ``LoRAConfig(rank_pattern=ranks)``.
+
+**The scale follows the rank (α ∝ r).** LoRA's update is s·B·A with s = α/r. With one α for every layer
+(PEFT's plain ``rank_pattern``), a layer given rank 12 gets s = 16/12 = 1.33 and one given rank 4 gets
+s = 4: the layers GeLoRA judges to need more capacity learn with a third of the step size, which largely
+undoes the allocation (a fixed α measured s = 1.33…4 on MiniLM sentiment). We set α_i = s·r_i with s = α/r of
+uniform LoRA at the budget rank (``alpha_pattern``), so every layer keeps uniform LoRA's scale and GeLoRA
+differs from LoRA in where the rank goes, nothing else: the comparison the paper's claim is about. (rsLoRA's
+α/√r_i would be the other principled choice; it changes the scale with the rank too, so it mixes the two
+effects.) ``scale_rule="fixed_alpha"`` in ``options.extra`` restores one α for all layers.
 
 Costs: one no-grad forward over the calibration sample, then one exact k-nearest-neighbour problem per
 distinct hidden-state set (torch.cdist in row chunks: memory stays bounded by ``CHUNK_BYTES``).
@@ -50,6 +58,7 @@ from ..layers.base import check_fraction, check_positive_int, module_matches, no
 from ..recipes import _lora_config
 
 ID_METHODS = ("twonn", "mle")
+SCALE_RULES = ("alpha_proportional_to_rank", "fixed_alpha")  # how each layer's scale follows its rank
 RANK_OFFSET = 1  # r_i = ceil(lb_i) + RANK_OFFSET: GeLoRA's bound is often 0, and a rank-0 block learns nothing
 BUDGET_TOLERANCE = 0.01  # a rank map meets a budget within ±1 %
 CHUNK_BYTES = 64 * 2**20  # the distance rows computed at once take at most this much memory
@@ -527,14 +536,18 @@ def prepare_gelora(model, model_name, task, options):
     then LoRA with ``rank_pattern``. Default budget: uniform LoRA rank ``options.r`` on the same targets.
 
     ``options.extra`` may set ``budget``, ``min_rank``, ``offset``, ``max_tokens``, ``calibration_examples``,
-    ``calibration_seed``.
+    ``calibration_seed`` and ``scale_rule`` (``SCALE_RULES``; default: α ∝ r, every layer at LoRA's scale).
     """
     from ..assets import load_tokenizer  # transformers: imported only when the recipe runs
 
     extra = dict(options.extra)
-    unknown = set(extra) - {"budget", "min_rank", "offset", "max_tokens", "calibration_examples", "calibration_seed"}
+    unknown = set(extra) - {"budget", "min_rank", "offset", "max_tokens", "calibration_examples", "calibration_seed",
+                            "scale_rule"}
     if unknown:
         raise ValueError(f"options.extra has keys gelora does not know: {sorted(unknown)}")
+    scale_rule = extra.get("scale_rule", "alpha_proportional_to_rank")
+    if scale_rule not in SCALE_RULES:
+        raise ValueError(f"scale_rule must be one of {SCALE_RULES}, got {scale_rule!r}")
     config = _lora_config(model_name, task, options, use_rslora=False)
     budget = extra["budget"] if extra.get("budget") is not None else lora_budget(model, config.target_modules, options.r)
     loader = calibration_loader(task, load_tokenizer(model_name), extra.get("calibration_examples"))
@@ -542,4 +555,7 @@ def prepare_gelora(model, model_name, task, options):
                          target_modules=config.target_modules, offset=extra.get("offset", RANK_OFFSET),
                          max_tokens=extra.get("max_tokens", DEFAULT_MAX_TOKENS),
                          seed=extra.get("calibration_seed", 0))
-    return inject(model, replace(config, rank_pattern=ranks))
+    # α_i = (α / r) · r_i: every layer keeps uniform LoRA's scale s = α/r (module docstring)
+    alphas = {name: config.alpha / options.r * rank for name, rank in ranks.items()} \
+        if scale_rule == "alpha_proportional_to_rank" else {}
+    return inject(model, replace(config, rank_pattern=ranks, alpha_pattern=alphas))
