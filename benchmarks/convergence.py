@@ -9,7 +9,7 @@ the first step within ``--tolerance`` of it.
     python benchmarks/convergence.py --task sentiment --method lora --steps 768 --eval-every 64
     python benchmarks/convergence.py --plot
 
-Writes ``results/convergence/<task>-<method>.json`` (strict JSON, atomic) and ``results/convergence/curves.png``.
+Writes ``results/convergence/<task>-<method>[-<tag>].json`` (strict JSON, atomic) and ``results/convergence/curves.png``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="default: the method's preset rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--tag", default="", help="suffix of the output name, e.g. 's384' for a shorter schedule")
     p.add_argument("--plot", action="store_true", help="only draw the recorded curves")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative: 'within 1%% of the lowest loss'")
     return p.parse_args(argv)
@@ -63,7 +64,7 @@ def plot(out: Path, tolerance: float) -> None:
                 continue
             steps = [e["step"] for e in curve["evals"]]
             line, = ax.plot(steps, [e["loss"] for e in curve["evals"]], marker="o", ms=3,
-                            label=f"{curve['method']} (lr {curve['lr']:g})")
+                            label=f"{curve['method']} (lr {curve['lr']:g}, {curve['steps']}-step schedule)")
             best, settled = settle_step(curve["evals"], tolerance)
             ax.axvline(settled, color=line.get_color(), ls=":", lw=1)
             print(f"{name}: lowest validation loss at step {best}; within {tolerance:.0%} of it from step {settled} "
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         "evals": history["evals"], "train_loss": history["train_loss"], "wall_time_s": time.perf_counter() - start,
         "command": "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    files.write_json(args.out / f"{args.task}-{args.method}.json", curve)
+    files.write_json(args.out / f"{args.task}-{args.method}{'-' + args.tag if args.tag else ''}.json", curve)
     best, settled = settle_step(history["evals"], args.tolerance)
     print(f"{args.task} {args.method}: lowest validation loss at step {best}, within {args.tolerance:.0%} from "
           f"step {settled}; {curve['wall_time_s']:.0f} s")

@@ -120,7 +120,8 @@ def plan(methods, task_name: str, model_name: str, r: int) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------- runs
 # Learning-rate grids live on the 1-2-5 lattice (..., 1e-4, 2e-4, 5e-4, 1e-3, ...: neighbours 2-2.5x apart), so
 # every study, and a later one centred on a new default, names the same rates and can reuse their runs.
-LR_GRID_POINTS = 5  # centred on the lattice rate nearest the method's default: a 25x span
+LR_GRID_POINTS = 4  # the lattice rate nearest the method's default, one below and two above it: a 10x span
+# (short budgets favour the top of a method's range); an edge that wins widens the grid (LR_GRID_EXTENSIONS)
 LR_GRID_EXTENSIONS = 2  # at most this many extra points beyond an edge where the best rate sits
 TUNE_SEED = 0  # the grid runs use this seed; its run at the selected rate is also the first evaluation seed
 
@@ -290,9 +291,10 @@ def lattice_index(rate: float) -> int:
 
 
 def lr_grid(center: float, points: int = LR_GRID_POINTS) -> list[float]:
-    """``points`` consecutive 1-2-5 lattice rates centred on the one nearest ``center``."""
-    middle = lattice_index(center)
-    return [lattice_rate(i) for i in range(middle - points // 2, middle - points // 2 + points)]
+    """``points`` consecutive 1-2-5 lattice rates around the one nearest ``center``: (points - 1) // 2 below
+    it, the rest above (4 points: one below, two above)."""
+    first = lattice_index(center) - (points - 1) // 2
+    return [lattice_rate(i) for i in range(first, first + points)]
 
 
 def _grid_entry(lr: float, metrics: dict) -> dict:
