@@ -341,6 +341,36 @@ def run_compare(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- report
+
+
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report", help="re-render a comparison's tables from its results.json with the current statistics",
+        description="Read FOLDER/results.json (written by compare), recompute the reproduction verdicts (paired "
+                    "95%% CIs over seeds) and print the comparison table and the reproduction table as markdown.")
+    p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
+    p.add_argument("--write", action="store_true", help="also rewrite FOLDER/table.md and FOLDER/reproduction.md")
+    p.set_defaults(func=run_report)
+    return p
+
+
+def run_report(args) -> int:
+    from lowrank_lab.compare import markdown, reproduction_markdown, reproduction_rows
+
+    try:
+        results = files.read_json(args.folder / "results.json")
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
+    results["reproduction"] = reproduction_rows(results)  # the current statistics, not the stored verdicts
+    table, reproduction = markdown(results), reproduction_markdown(results)
+    print(table, reproduction, sep="\n\n")
+    if args.write:
+        files.write_text(args.folder / "table.md", table + "\n")
+        files.write_text(args.folder / "reproduction.md", reproduction + "\n")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -351,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
     add_compare_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 

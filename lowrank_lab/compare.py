@@ -432,6 +432,7 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
               for m in pool.done.values() if m["status"] == "failed"]
     results = {
         "command": command, "task": task_name, "model": model_name, "scale": scale, "seeds": seeds, "r": r,
+        "methods": list(methods),
         "budget": next(iter(planned.values()))["budget"], "matching": planned, "metric": metric,
         "higher_is_better": higher, "protocol": "tuned" if tune else "shared_lr" if shared_lr is not None else "preset",
         "shared_lr": shared_lr, "jobs": jobs, "tuning": tuning,
@@ -446,6 +447,12 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     return results
 
 
+def method_order(results: dict) -> list[str]:
+    """The table's methods in the order compare ran them (JSON files store objects with sorted keys)."""
+    known = results.get("methods") or [m for m in COMPARE_METHODS if m in results["table"]]
+    return [m for m in known if m in results["table"]] + sorted(set(results["table"]) - set(known))
+
+
 def markdown(results: dict) -> str:
     metric = results["metric"] + ("" if results["higher_is_better"] else ", lower is better")
     tests = results.get("test_table") or experiment.aggregate(results["runs"], key="test_metric_value",
@@ -455,8 +462,8 @@ def markdown(results: dict) -> str:
              f"{_protocol_text(results)}",
              "", f"| method | budget rule | r | lr | validation {metric} (mean ± std) | test (mean ± std) | trainable | "
              "s/step | peak memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
-    for method, row in results["table"].items():
-        match = results["matching"][method]
+    for method in method_order(results):
+        row, match = results["table"][method], results["matching"][method]
         trainable = (f"{row['trainable_params']:,} ({row['trainable_params'] / row['total_params']:.2%})"
                      if row.get("trainable_params") else "—")
         step = f"{row['median_step_time_s']:.3f}" if row.get("median_step_time_s") is not None else "—"
