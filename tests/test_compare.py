@@ -165,3 +165,15 @@ def test_tune_lr_at_smoke_through_the_cli(tmp_path, compare_in_process, capsys):
     assert best["lr"] == tuning["lr_selected"]  # chosen by validation (accuracy, then loss)
     assert [r["seed"] for r in saved["runs"]] == [0, 1] and saved["settings"]["lora"]["lr"] == tuning["lr_selected"]
     assert "lr" in (out / "table.md").read_text() and "selected on validation" in (out / "table.md").read_text()
+
+
+def test_report_re_renders_the_tables_in_compare_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
+    out = tmp_path / "c"
+    compare("sentiment", scale="smoke", seeds=2, out=out, methods=("lora", "full", "bone"), show_progress=False)
+    (out / "reproduction.md").write_text("stale")
+    assert cli.main(["report", str(out), "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("| lora |") < printed.index("| full |") < printed.index("| bone |")  # not sorted keys
+    assert "**inconclusive**" in (out / "reproduction.md").read_text()  # recomputed, not the stale file
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
