@@ -22,6 +22,7 @@ from lowrank_lab.methods.lora_pro import (
     equivalent_gradient,
     solve_sylvester,
 )
+from test_xgblora import Block  # the same residual block the XGBLoRA tests boost
 
 F64 = torch.float64
 
@@ -82,15 +83,6 @@ def test_01_load_into_merged_model_is_refused(config, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 4
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.q, self.v = nn.Linear(d, d), nn.Linear(d, d)
-
-    def forward(self, x):
-        return x + torch.tanh(self.v(torch.tanh(self.q(x))))
-
-
 class Stack(nn.Module):
     def __init__(self, d=8):
         super().__init__()
