@@ -350,7 +350,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         description="Read FOLDER/results.json (written by compare), recompute the reproduction verdicts (paired "
                     "95%% CIs over seeds) and print the comparison table and the reproduction table as markdown.")
     p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
-    p.add_argument("--write", action="store_true", help="also rewrite FOLDER/table.md and FOLDER/reproduction.md")
+    p.add_argument("--write", action="store_true",
+                   help="also rewrite FOLDER/table.md, FOLDER/reproduction.md and FOLDER/paired_differences.png")
     p.set_defaults(func=run_report)
     return p
 
@@ -366,8 +367,15 @@ def run_report(args) -> int:
     table, reproduction = markdown(results), reproduction_markdown(results)
     print(table, reproduction, sep="\n\n")
     if args.write:
+        import matplotlib.pyplot as plt
+
+        from lowrank_lab.plotting import plot_paired_differences
+
         files.write_text(args.folder / "table.md", table + "\n")
         files.write_text(args.folder / "reproduction.md", reproduction + "\n")
+        plt.close(plot_paired_differences(results["reproduction"], args.folder / "paired_differences.png",
+                                          f"{results['task']} ({results['model']}, {results['scale']}): paired "
+                                          f"differences over {results['seeds']} seeds (test), 95% CI"))
     return 0
 
 

@@ -556,6 +556,7 @@ def reproduction_rows(results: dict) -> list[dict]:
                 measured += "; gap to full FT closed: " + ("n/a (full FT not better)" if fraction is None
                                                            else f"{fraction:.0%}")
         rows.append({**claim, "measured": measured, "verdict": paired["verdict"], "ci95": paired["ci95"],
+                     "threshold": threshold,
                      "difference": paired["mean"], "detectable": paired["detectable"], "n": paired["n"],
                      "ci_method": paired["ci_method"], "split": "test" if key == "test_metric_value" else key})
     return rows
@@ -588,7 +589,7 @@ def _protocol_text(results: dict) -> str:
 def write_outputs(out: Path, results: dict, histories: dict) -> None:
     import matplotlib.pyplot as plt
 
-    from lowrank_lab.plotting import plot_curves
+    from lowrank_lab.plotting import method_color, plot_curves, plot_lr_sensitivity, plot_paired_differences
 
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / "results.json", results)
@@ -609,18 +610,20 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
     table = {m: row for m, row in results["table"].items() if row["mean"] is not None}  # finished runs only
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, (method, row) in enumerate(table.items()):
-        ax.errorbar(row["trainable_params"], row["mean"], yerr=row["std"], fmt="o", color=f"C{i % 10}",
+        ax.errorbar(row["trainable_params"], row["mean"], yerr=row["std"], fmt="o", color=method_color(method, i),
                     capsize=3, label=method)
     ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"validation {results['metric']}",
            title=f"{title}: metric vs trainable parameters")
-    ax.legend(fontsize=8)
+    if table:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "metric_vs_params.png")
     plt.close(fig)
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = list(table)
-    ax_t.bar(names, [table[m]["median_step_time_s"] for m in names], color=[f"C{i % 10}" for i in range(len(names))])
-    ax_m.bar(names, [table[m]["peak_memory_mb"] for m in names], color=[f"C{i % 10}" for i in range(len(names))])
+    colors = [method_color(m, i) for i, m in enumerate(names)]
+    ax_t.bar(names, [table[m]["median_step_time_s"] for m in names], color=colors)
+    ax_m.bar(names, [table[m]["peak_memory_mb"] for m in names], color=colors)
     ax_t.set(ylabel="median s / optimizer step", title="step time")
     ax_m.set(ylabel="peak memory (MB)", title="peak memory (CPU: peak RSS of the run's process; GPU: allocator peak)")
     for ax in (ax_t, ax_m):
@@ -629,6 +632,12 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / "cost.png")
     plt.close(fig)
+    if results.get("tuning"):
+        plt.close(plot_lr_sensitivity(results["tuning"], out / "lr_sensitivity.png", results["metric"],
+                                      f"{title}: validation {results['metric']} against learning rate"))
+    if any(r.get("difference") is not None for r in results.get("reproduction") or []):
+        plt.close(plot_paired_differences(results["reproduction"], out / "paired_differences.png",
+                                          f"{title}: paired differences over {results['seeds']} seeds (test), 95% CI"))
 
 
 def command_line(argv: list[str] | None) -> str:

@@ -6,6 +6,17 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+# One colour per method in every figure (the table's order); other labels get the next free colours.
+METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(
+    ("full", "lora", "rslora", "lora-pro", "lora-pro-efficient", "xgblora", "bone", "bat", "gelora"))}
+VERDICT_COLORS = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
+
+
+def method_color(label: str, index: int = 0) -> str:
+    """The method's own colour, else a tab-10 colour past the methods' nine (by ``index``)."""
+    return METHOD_COLORS.get(label, f"C{(len(METHOD_COLORS) + index) % 10}")
+
+
 # Metrics that an eval record may carry, in the order we prefer to plot them.
 EVAL_METRICS = ("accuracy", "exact_match", "answer_loss", "loss")
 
@@ -54,7 +65,7 @@ def plot_curves(histories: dict[str, dict], path=None, title: str = "Training cu
     metric = metric or _pick_metric(histories)
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (label, h) in enumerate(histories.items()):
-        color = f"C{i % 10}"
+        color = method_color(label, i)
         steps, losses = h["step"], h["train_loss"]
         ax_loss.plot(steps, losses, color=color, alpha=0.25, linewidth=0.8)
         ax_loss.plot(steps, smooth(losses, smoothing), color=color, label=label)
@@ -71,5 +82,52 @@ def plot_curves(histories: dict[str, dict], path=None, title: str = "Training cu
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    return fig
+
+
+def plot_lr_sensitivity(tuning: dict[str, dict], path=None, metric: str = "accuracy", title: str = ""):
+    """Validation metric against learning rate (log), one line per method (``compare --tune-lr``'s
+    ``tuning``); the selected rate is a star, a run that did not finish an x on the axis."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, (method, tuned) in enumerate(tuning.items()):
+        color = method_color(method, i)
+        done = [g for g in tuned["lr_grid"] if g["status"] == "ok" and g["validation"] is not None]
+        ax.plot([g["lr"] for g in done], [g["validation"] for g in done], "o-", color=color, label=method, ms=4)
+        for g in tuned["lr_grid"]:
+            if g not in done:
+                ax.plot(g["lr"], 0, "x", color=color, clip_on=False, ms=8)
+        chosen = [g for g in done if g["lr"] == tuned.get("lr_selected")]
+        if chosen:
+            ax.plot(chosen[0]["lr"], chosen[0]["validation"], "*", color=color, ms=14, markeredgecolor="k")
+    ax.set(xscale="log", xlabel="peak learning rate (log)", ylabel=f"validation {metric} (tuning seed)",
+           title=title or "learning-rate sensitivity (star: selected on validation; x: diverged or failed)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # off the data
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def plot_paired_differences(rows: list[dict], path=None, title: str = ""):
+    """Each claim's mean paired difference (method − baseline, positive = better) with its 95% CI, coloured by
+    verdict; the dashed line is the claim's threshold (0, or −tolerance for "matches")."""
+    rows = [r for r in rows if r.get("difference") is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    for y, row in enumerate(rows):
+        color = VERDICT_COLORS.get(row["verdict"], "k")
+        low, high = row["ci95"] if row.get("ci95") else (row["difference"], row["difference"])
+        ax.errorbar(row["difference"], y, xerr=[[row["difference"] - low], [high - row["difference"]]], fmt="o",
+                    color=color, capsize=4)
+        ax.plot([row.get("threshold", -row.get("tolerance", 0.0))] * 2, [y - 0.35, y + 0.35], "--", color="k", lw=1)
+        ax.annotate(row["verdict"], (high, y), xytext=(6, 0), textcoords="offset points", va="center",
+                    color=color, fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r['method']} vs {r['baseline']} ({r['kind']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="paired difference, method − baseline (positive = better; s/step for speed)",
+           title=title or "paired differences over seeds, 95% CI")
+    fig.tight_layout()
+    if path is not None:
         fig.savefig(path)
     return fig

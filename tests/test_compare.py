@@ -132,6 +132,8 @@ def test_tune_lr_selects_on_validation_never_test_and_widens_an_edge(tmp_path, m
     assert full["lr_selected"] == 1e-3 and full["edge"] == "high"
     for row in saved["reproduction"]:
         assert row["verdict"] in ("reproduced", "contradicted", "inconclusive") and len(row["ci95"]) == 2
+    for figure in ("lr_sensitivity.png", "paired_differences.png"):
+        assert (tmp_path / "c" / figure).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_tune_lr_runs_xgblora_knobs_at_the_selected_rate(tmp_path, monkeypatch):
@@ -176,4 +178,5 @@ def test_report_re_renders_the_tables_in_compare_order(tmp_path, monkeypatch, ca
     printed = capsys.readouterr().out
     assert printed.index("| lora |") < printed.index("| full |") < printed.index("| bone |")  # not sorted keys
     assert "**inconclusive**" in (out / "reproduction.md").read_text()  # recomputed, not the stale file
+    assert (out / "paired_differences.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["report", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
