@@ -52,6 +52,7 @@ def plot(out: Path, tolerance: float) -> None:
     import matplotlib.pyplot as plt
 
     from lowrank_lab import files
+    from lowrank_lab.plotting import method_color
 
     curves = {path.stem: files.read_json(path) for path in sorted(out.glob("*.json"))}
     if not curves:
@@ -63,7 +64,9 @@ def plot(out: Path, tolerance: float) -> None:
             if curve["task"] != task:
                 continue
             steps = [e["step"] for e in curve["evals"]]
+            short = curve["steps"] < max(c["steps"] for c in curves.values() if c["task"] == task)
             line, = ax.plot(steps, [e["loss"] for e in curve["evals"]], marker="o", ms=3,
+                            color=method_color(curve["method"]), ls="--" if short else "-",
                             label=f"{curve['method']} (lr {curve['lr']:g}, {curve['steps']}-step schedule)")
             best, settled = settle_step(curve["evals"], tolerance)
             ax.axvline(settled, color=line.get_color(), ls=":", lw=1)
