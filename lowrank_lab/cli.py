@@ -357,25 +357,16 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_report(args) -> int:
-    from lowrank_lab.compare import markdown, reproduction_markdown, reproduction_rows
+    from lowrank_lab.compare import markdown, reproduction_markdown, reproduction_rows, write_reports
 
     try:
         results = files.read_json(args.folder / "results.json")
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     results["reproduction"] = reproduction_rows(results)  # the current statistics, not the stored verdicts
-    table, reproduction = markdown(results), reproduction_markdown(results)
-    print(table, reproduction, sep="\n\n")
+    print(markdown(results), reproduction_markdown(results), sep="\n\n")
     if args.write:
-        import matplotlib.pyplot as plt
-
-        from lowrank_lab.plotting import plot_paired_differences
-
-        files.write_text(args.folder / "table.md", table + "\n")
-        files.write_text(args.folder / "reproduction.md", reproduction + "\n")
-        plt.close(plot_paired_differences(results["reproduction"], args.folder / "paired_differences.png",
-                                          f"{results['task']} ({results['model']}, {results['scale']}): paired "
-                                          f"differences over {results['seeds']} seeds (test), 95% CI"))
+        write_reports(args.folder, results)
     return 0
 
 

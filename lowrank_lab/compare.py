@@ -142,9 +142,24 @@ class RunKey:
         parts += [f"{name.replace('_', '-')}{value}" for name, value in self.extra]
         return "-".join(parts) + f"-s{self.seed}"
 
+    def path(self, out: Path) -> Path:
+        return out / "runs" / self.folder
+
 
 def _run_dir(out: Path, method: str, seed: int, lr: float | None = None, extra: tuple = ()) -> Path:
-    return out / "runs" / RunKey(method, seed, lr, extra).folder
+    return RunKey(method, seed, lr, extra).path(out)
+
+
+def train_arguments(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool,
+                    lr: float | None = None, extra: dict | None = None) -> list[str]:
+    """The ``python -m lowrank_lab train`` arguments of one run (the schedule knobs as their CLI flags)."""
+    args = ["train", "--method", method, "--task", task_name, "--model", model_name, "--scale", scale,
+            "--seed", str(seed), "--r", str(r), "--out", str(run_dir)]
+    if lr is not None:
+        args += ["--lr", repr(lr)]
+    for name, value in sorted((extra or {}).items()):
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args if show_progress else args + ["--quiet"]
 
 
 def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir: Path, show_progress: bool,
@@ -152,17 +167,10 @@ def _train_in_subprocess(method, task_name, model_name, scale, seed, r, run_dir:
     """One run = one ``python -m lowrank_lab train`` process: its peak memory is its own (on CPU the process
     peak RSS is all a process can report), and a crash loses only that run. Returns what the child printed
     when it did not finish normally (its own status is in its metrics.json)."""
-    import os
     import subprocess
 
-    cmd = [sys.executable, "-m", "lowrank_lab", "train", "--method", method, "--task", task_name,
-           "--model", model_name, "--scale", scale, "--seed", str(seed), "--r", str(r), "--out", str(run_dir)]
-    if lr is not None:
-        cmd += ["--lr", repr(lr)]
-    for name, value in sorted((extra or {}).items()):
-        cmd += ["--" + name.replace("_", "-"), str(value)]
-    if not show_progress:
-        cmd.append("--quiet")
+    cmd = [sys.executable, "-m", "lowrank_lab",
+           *train_arguments(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr, extra)]
     env = dict(os.environ)
     if threads is not None:  # parallel runs share the cores; a user's own setting wins
         env.setdefault("OMP_NUM_THREADS", str(threads))
@@ -222,10 +230,10 @@ class RunPool:
 
     def check(self, keys) -> None:
         """Refuse (ValueError) if any of ``keys`` has a folder holding another run; nothing runs."""
-        _refuse(self.out, [p for p in (_mismatch(self.out / "runs" / k.folder, self.spec(k)) for k in keys) if p])
+        _refuse(self.out, [p for p in (_mismatch(k.path(self.out), self.spec(k)) for k in keys) if p])
 
     def _run_one(self, key: RunKey) -> dict:
-        run_dir, spec = self.out / "runs" / key.folder, self.spec(key)
+        run_dir, spec = key.path(self.out), self.spec(key)
         metrics, why = _recorded(run_dir)
         if metrics is not None and metrics.get("status", "ok") == "failed":
             metrics, why = None, f"its last attempt failed ({metrics.get('error')})"
@@ -399,8 +407,8 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     tuning = {}
     if tune:
         centers = {m: presets.learning_rate(m, kind) for m in methods}
-        pool.check([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])])  # stale runs first
-        pool.get([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])])  # jobs at a time
+        # every method's first grid at once (jobs at a time; get refuses stale runs before running any)
+        pool.get([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])])
         steps = presets.train_preset(task_name, scale)["max_steps"]
         for method in methods:
             tuning[method] = tune_lr(pool, method, centers[method], higher)
@@ -425,7 +433,7 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     for key, metrics in zip(keys, summaries):
         if metrics["status"] == "ok" and key.method not in histories:
             try:
-                histories[key.method] = files.read_json(out / "runs" / key.folder / "history.json")
+                histories[key.method] = files.read_json(key.path(out) / "history.json")
             except (ValueError, FileNotFoundError) as err:
                 print(f"{key.folder}: no curve: {err}")
     failed = [{"method": m["method"], "seed": m["seed"], "folder": m["folder"], "error": m.get("error")}
@@ -586,10 +594,25 @@ def _protocol_text(results: dict) -> str:
     return "each method at its preset learning rate"
 
 
+def write_reports(out: Path, results: dict) -> None:
+    """``table.md``, ``reproduction.md`` and ``paired_differences.png`` from ``results`` (its ``reproduction``
+    rows): what ``compare`` writes and ``python -m lowrank_lab report --write`` re-renders."""
+    import matplotlib.pyplot as plt
+
+    from lowrank_lab.plotting import plot_paired_differences
+
+    files.write_text(out / "table.md", markdown(results) + "\n")
+    files.write_text(out / "reproduction.md", reproduction_markdown(results) + "\n")
+    if any(r.get("difference") is not None for r in results.get("reproduction") or []):
+        title = f"{results['task']} ({results['model']}, {results['scale']})"
+        plt.close(plot_paired_differences(results["reproduction"], out / "paired_differences.png",
+                                          f"{title}: paired differences over {results['seeds']} seeds (test), 95% CI"))
+
+
 def write_outputs(out: Path, results: dict, histories: dict) -> None:
     import matplotlib.pyplot as plt
 
-    from lowrank_lab.plotting import method_color, plot_curves, plot_lr_sensitivity, plot_paired_differences
+    from lowrank_lab.plotting import method_color, plot_curves, plot_lr_sensitivity
 
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / "results.json", results)
@@ -601,8 +624,7 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
             writer.writerows(results["runs"])
 
     files.atomic_write(out / "results.csv", write_csv)
-    files.write_text(out / "table.md", markdown(results) + "\n")
-    files.write_text(out / "reproduction.md", reproduction_markdown(results) + "\n")
+    write_reports(out, results)
 
     title = f"{results['task']} ({results['model']}, {results['scale']})"
     if histories:
@@ -635,9 +657,6 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
     if results.get("tuning"):
         plt.close(plot_lr_sensitivity(results["tuning"], out / "lr_sensitivity.png", results["metric"],
                                       f"{title}: validation {results['metric']} against learning rate"))
-    if any(r.get("difference") is not None for r in results.get("reproduction") or []):
-        plt.close(plot_paired_differences(results["reproduction"], out / "paired_differences.png",
-                                          f"{title}: paired differences over {results['seeds']} seeds (test), 95% CI"))
 
 
 def command_line(argv: list[str] | None) -> str:

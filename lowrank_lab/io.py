@@ -24,7 +24,6 @@ hold only the current boosters; call ``XGBLoRA.of(model).to_lora()`` first).
 from __future__ import annotations
 
 import math
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,19 +35,13 @@ from torch import nn
 from .adapters import adapter_layers, adapter_state_dict, get_config, install, plan_injection
 from .files import atomic_write, read_json, write_json
 from .layers import CONFIG_CLASSES
+from .runtime import lab_version
 from .layers.base import AdapterConfig, AdapterLayer, check_positive_float, check_positive_int, module_matches
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 LAYERS_KEY = "layers"  # adapter_config.json: module path -> what defines that adapted layer
 LAYER_RECORD_KEYS = ("in_features", "out_features", "r", "scaling")  # the last two where the layer has them
-
-
-def _version() -> str:
-    try:
-        return metadata.version("lowrank-lab")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -96,7 +89,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     meta = {
         "method": config.method,
         "config": config.to_dict(),
-        "lowrank_lab_version": _version(),
+        "lowrank_lab_version": lab_version(),
         "shapes": {k: list(v.shape) for k, v in state.items()},
         LAYERS_KEY: {name: layer_record(layer) for name, layer in layers.items()},
     }

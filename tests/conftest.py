@@ -28,12 +28,7 @@ def compare_in_process(monkeypatch):
     from lowrank_lab import cli, compare
 
     def run(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None):
-        argv = ["train", "--method", method, "--task", task_name, "--model", model_name, "--scale", scale,
-                "--seed", str(seed), "--r", str(r), "--out", str(run_dir), "--quiet"]
-        argv += ["--lr", repr(lr)] if lr is not None else []
-        for name, value in sorted((extra or {}).items()):
-            argv += ["--" + name.replace("_", "-"), str(value)]
-        code = cli.main(argv)
+        code = cli.main(compare.train_arguments(method, task_name, model_name, scale, seed, r, run_dir, False, lr, extra))
         return "" if code == 0 else f"exit {code}"
 
     monkeypatch.setattr(compare, "_train_in_subprocess", run)
