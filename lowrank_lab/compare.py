@@ -444,7 +444,8 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
         "budget": next(iter(planned.values()))["budget"], "matching": planned, "metric": metric,
         "higher_is_better": higher, "protocol": "tuned" if tune else "shared_lr" if shared_lr is not None else "preset",
         "shared_lr": shared_lr, "jobs": jobs, "tuning": tuning,
-        "settings": {m: {"lr": s["lr"] if s["lr"] is not None else presets.learning_rate(m, kind),
+        "settings": {m: {"lr": s["lr"] if s["lr"] is not None else presets.train_preset(task_name, scale, m)["lr"],
+                         "lr_source": _lr_source(tune, shared_lr, m, task_name, scale),
                          "extra": dict(s["extra"])} for m, s in settings.items()},
         "table": experiment.aggregate(summaries, methods=methods),
         "test_table": experiment.aggregate(summaries, key="test_metric_value", methods=methods),
@@ -453,6 +454,17 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
     results["reproduction"] = reproduction_rows(results)
     write_outputs(out, results, histories)
     return results
+
+
+def _lr_source(tune: bool, shared_lr: float | None, method: str, task_name: str, scale: str) -> str:
+    """Where a method's rate came from: this study's tuning, the shared rate, a tuned default's results file,
+    or the prior ``presets.LEARNING_RATES``."""
+    if tune:
+        return "tuned here"
+    if shared_lr is not None and method != "full":
+        return "shared"
+    tuned = presets.tuned_rate(task_name, scale, method)
+    return tuned[1] if tuned else "presets.LEARNING_RATES"
 
 
 def method_order(results: dict) -> list[str]:
@@ -591,6 +603,12 @@ def _protocol_text(results: dict) -> str:
         return "each method at its own learning rate, selected on validation"
     if protocol == "shared_lr":
         return f"one shared learning rate {results['shared_lr']:g} for every adapter (full FT at its own)"
+    sources = {s.get("lr_source") for s in (results.get("settings") or {}).values()}
+    files = sorted(x for x in sources if x and x.endswith(".json"))
+    if files and sources == set(files):
+        return f"each method at its default learning rate, selected by `compare --tune-lr` ({', '.join(files)})"
+    if files:
+        return f"each method at its default learning rate (tuned in {', '.join(files)} where listed there)"
     return "each method at its preset learning rate"
 
 

@@ -9,12 +9,16 @@
 
 Tokenization happens in the collate function, per batch: no ``datasets.map`` cache files, and any row
 subset (``dataset.select``) works unchanged.
+
+Training batches can be grouped by length (``group_by_length``, as in HF Trainer): each batch then pads to
+about its own rows' length instead of the longest of 16 random rows, which on the sentiment sentences halves
+the tokens a step processes. :class:`LengthGroupedBatches` says how the order stays random.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 IGNORE_INDEX = -100  # torch's cross_entropy default ignore_index, also what transformers uses
 KINDS = ("classification", "causal_lm")
@@ -116,6 +120,43 @@ def make_collator(tokenizer, kind: str, max_length: int):
     return cls(tokenizer, max_length)
 
 
+def row_length(row: dict) -> int:
+    """A row's length in characters (a cheap stand-in for tokens, used only to group rows of similar length)."""
+    if "text" in row:
+        return len(row["text"])
+    return len(row["question"]) + len(row["solution"])
+
+
+class LengthGroupedBatches(Sampler):
+    """Batches of rows of similar length, in a random order drawn from ``generator``.
+
+    Each epoch: shuffle all rows, cut the permutation into groups of ``batch_size * group_batches`` rows,
+    sort each group by length and cut it into batches, then shuffle the order of all batches. Every row is
+    used once per epoch (the last batch may be short, as with a plain DataLoader), which rows meet in a
+    batch is random up to their length, and the order of long and short batches is random.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, group_batches: int = 32):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(group_batches, int) or group_batches < 1:
+            raise ValueError(f"group_batches must be a positive int, got {group_batches!r}")
+        self.lengths, self.batch_size, self.generator = list(lengths), batch_size, generator
+        self.group = batch_size * group_batches
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start:start + self.group], key=self.lengths.__getitem__)
+            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
 def make_loader(
     dataset,
     tokenizer,
@@ -124,19 +165,28 @@ def make_loader(
     max_length: int,
     shuffle: bool = False,
     seed: int = 0,
+    group_by_length: bool = False,
 ) -> DataLoader:
     """A DataLoader over a ``datasets.Dataset`` (or any list of dict rows).
 
     Shuffling draws from the loader's own ``torch.Generator`` seeded with ``seed``, so the batch order
     depends only on ``seed`` and is untouched by other RNG use (dropout, init). Each new epoch reshuffles
-    from that generator, so epochs differ but runs repeat exactly. Single process: tokenizing is cheap
-    next to a forward pass on 2 cores.
+    from that generator, so epochs differ but runs repeat exactly. ``group_by_length`` (with ``shuffle``)
+    batches rows of similar length together (:class:`LengthGroupedBatches`). Single process: tokenizing is
+    cheap next to a forward pass on 2 cores.
     """
     generator = torch.Generator().manual_seed(seed)
+    collate = make_collator(tokenizer, kind, max_length)
+    if group_by_length:
+        if not shuffle:
+            raise ValueError("group_by_length needs shuffle=True (it is a way of shuffling training batches)")
+        lengths = [row_length(row) for row in dataset]
+        return DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
+                          collate_fn=collate)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator if shuffle else None,
-        collate_fn=make_collator(tokenizer, kind, max_length),
+        collate_fn=collate,
     )

@@ -113,6 +113,8 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip threshold; None = no clipping"})
     max_length: int = field(default=128, metadata={"help": "tokens per example (truncated beyond)"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch training rows of similar length together (less padding; data.LengthGroupedBatches)"})
     eval_every: int | None = field(default=None, metadata={"help": "evaluate every N steps; None = at end"})
     eval_batch_size: int = field(default=32, metadata={"help": "batch size for evaluation"})
     max_generate: int | None = field(
@@ -142,6 +144,8 @@ class TrainConfig:
                 fail(name, "a positive int")
         if not _is_int(self.max_length) or self.max_length < 2:
             fail("max_length", "an int >= 2")
+        if not isinstance(self.group_by_length, bool):
+            fail("group_by_length", "a bool")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             fail("max_grad_norm", "a positive float or None")
         if self.eval_every is not None and (not _is_int(self.eval_every) or self.eval_every < 1):
@@ -453,7 +457,7 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
 
     loader = make_loader(task.train, tokenizer, task.kind, config.batch_size, config.max_length,
-                         shuffle=True, seed=config.seed)
+                         shuffle=True, seed=config.seed, group_by_length=config.group_by_length)
     batches = _forever(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:

@@ -1,0 +1,32 @@
+"""Presets: the tuned cpu defaults agree with the committed study that chose them, and stay off other scales."""
+
+from pathlib import Path
+
+import pytest
+
+from lowrank_lab import files, presets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("task_name", sorted(presets.TUNED_RATES))
+def test_tuned_rates_are_the_rates_their_results_file_selected(task_name):
+    entry = presets.TUNED_RATES[task_name]
+    results = files.read_json(ROOT / entry["results"])
+    assert results["protocol"] == "tuned" and results["task"] == task_name and results["scale"] == "cpu"
+    assert results["command"] == entry["command"]
+    for method, rate in entry["lr"].items():
+        assert results["tuning"][method]["lr_selected"] == rate, method
+        assert presets.train_preset(task_name, "cpu", method)["lr"] == rate
+    assert set(entry["lr"]) == {m for m, t in results["tuning"].items() if t["lr_selected"] is not None}
+
+
+def test_tuned_rates_apply_only_at_the_cpu_scale_they_were_tuned_at(monkeypatch):
+    monkeypatch.setitem(presets.TUNED_RATES, "trec", {"results": "results/x.json", "command": "c",
+                                                      "lr": {"lora": 5e-3}})
+    assert presets.tuned_rate("trec", "cpu", "lora") == (5e-3, "results/x.json")
+    assert presets.train_preset("trec", "cpu", "lora")["lr"] == 5e-3
+    for scale in ("smoke", "full"):
+        assert presets.tuned_rate("trec", scale, "lora") is None
+        assert presets.train_preset("trec", scale, "lora")["lr"] == presets.learning_rate("lora", "classification")
+    assert presets.tuned_rate("trec", "cpu", "bone") is None  # untuned methods keep the prior
