@@ -87,6 +87,14 @@ TRAIN_PRESETS = {
     },
 }
 
+# A lesson's own cpu runs: what a class can afford (a couple of minutes per run on 2 cores), a quarter of the
+# converged cpu budget above. Lessons pass these as overrides at cpu scale and read their multi-seed, converged
+# tables from the studies committed under results/.
+LESSON_CPU = {
+    "classification": dict(max_train=2048, max_eval=1000, max_steps=128, eval_every=32),
+    "causal_lm": {},
+}
+
 COMMON = dict(weight_decay=0.0, grad_accum_steps=1, max_grad_norm=1.0, precision="fp32")
 
 
@@ -131,6 +139,14 @@ def primary_metric(kind: str, scale: str) -> tuple[str, bool]:
     if kind == "classification":
         return "accuracy", True
     return ("exact_match", True) if scale == "full" else ("answer_loss", False)
+
+
+def lesson_overrides(task_name: str, scale: str) -> dict:
+    """What a lesson overrides in ``train_preset`` at ``scale``: the short :data:`LESSON_CPU` budget at cpu
+    (a fresh dict), nothing elsewhere."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return dict(LESSON_CPU[task_kind(task_name)]) if scale == "cpu" else {}
 
 
 def train_config_fields(preset: dict) -> dict:

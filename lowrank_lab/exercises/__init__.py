@@ -1,0 +1,30 @@
+"""Self-checking exercises: one module per lesson (``lessonNN.py``) with ``check_...`` functions.
+
+A lesson's exercise cell leaves the student's answer as ``None``; the check then prints that the exercise is
+not attempted yet and returns False, so the notebook still runs top to bottom (CI executes every lesson).
+Given an answer, a check computes the reference its own way and either prints ``✓ <exercise>`` and returns
+True, or raises :class:`ExerciseError` (an AssertionError) with a hint that says what to look at, never the
+answer itself. The worked solutions in ``lessons/solutions/`` call the same checks with their answers filled in.
+"""
+
+from __future__ import annotations
+
+
+class ExerciseError(AssertionError):
+    """An exercise's answer is wrong; the message is a hint."""
+
+
+def not_attempted(name: str, *answers) -> bool:
+    """True (and a printed note) while any of ``answers`` is still ``None``/``...``, the starter cell's value."""
+    if any(a is None or a is Ellipsis for a in answers):
+        print(f"· {name}: not attempted yet (replace the None above and run the cell again)")
+        return True
+    return False
+
+
+def passed(name: str, condition: bool, hint: str) -> bool:
+    """Print ``✓ name`` and return True when ``condition`` holds, else raise :class:`ExerciseError` with ``hint``."""
+    if not condition:
+        raise ExerciseError(f"{name}: not yet. {hint}")
+    print(f"✓ {name}")
+    return True
