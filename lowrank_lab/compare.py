@@ -677,5 +677,16 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
                                       f"{title}: validation {results['metric']} against learning rate"))
 
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # the repository's committed studies
+
+
+def committed_results(name: str) -> dict | None:
+    """``results/<name>/results.json`` of the repository (a committed study, e.g. "study-trec-minilm-cpu"), or
+    None when this checkout does not have it (a non-editable install carries no results/). A file that is
+    there but unreadable raises, naming it."""
+    path = RESULTS_DIR / name / "results.json"
+    return files.read_json(path) if path.exists() else None
+
+
 def command_line(argv: list[str] | None) -> str:
     return "python -m lowrank_lab " + shlex.join(sys.argv[1:] if argv is None else argv)
