@@ -110,6 +110,12 @@ def print_env(scale: str | None = None) -> dict:
     return report
 
 
+def progress_enabled() -> bool:
+    """Whether progress bars are drawn: not when ``LOWRANK_LAB_NO_PROGRESS=1`` (the executed lesson copies set it,
+    since a bar saved into a static notebook shows a frozen "0%")."""
+    return os.environ.get("LOWRANK_LAB_NO_PROGRESS", "") in ("", "0")
+
+
 def widgets_enabled() -> bool:
     """Whether a lesson should build its ipywidgets controls: inside a live Jupyter kernel, and not under CI,
     pytest/nbmake or ``LOWRANK_LAB_NO_WIDGETS=1`` (headless runs keep only the static figures; a widget

@@ -46,7 +46,7 @@ from lowrank_lab import distributed, files
 from lowrank_lab.adapters import count_parameters
 from lowrank_lab.layers.base import NonFiniteError
 from lowrank_lab.data import IGNORE_INDEX, collate_prompts, make_loader
-from lowrank_lab.runtime import get_device, seed_everything
+from lowrank_lab.runtime import get_device, progress_enabled, seed_everything
 
 # ---------------------------------------------------------------------------------------------- failures
 
@@ -481,7 +481,7 @@ def train(
         "step": [], "train_loss": [], "lr": [], "step_time_s": [], "evals": [], "skipped_steps": [],
     }
     model.train()
-    bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress or rank != 0)
+    bar = tqdm(total=config.max_steps, desc=f"train {task.name}", disable=not show_progress or rank != 0 or not progress_enabled())
     step = 0
     try:
         for step in range(1, config.max_steps + 1):

@@ -56,3 +56,14 @@ def test_make_loader_groups_only_shuffled_training_batches():
     assert isinstance(loader.batch_sampler, LengthGroupedBatches)
     with pytest.raises(ValueError, match="group_by_length needs shuffle=True"):
         make_loader(rows, Tokenizer(), "classification", 4, 32, group_by_length=True)
+
+
+def test_progress_bars_can_be_switched_off_for_static_copies(monkeypatch):
+    from lowrank_lab.runtime import progress_enabled
+
+    monkeypatch.delenv("LOWRANK_LAB_NO_PROGRESS", raising=False)
+    assert progress_enabled()
+    monkeypatch.setenv("LOWRANK_LAB_NO_PROGRESS", "1")
+    assert not progress_enabled()
+    monkeypatch.setenv("LOWRANK_LAB_NO_PROGRESS", "0")
+    assert progress_enabled()

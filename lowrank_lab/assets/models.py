@@ -32,7 +32,7 @@ import torch
 import transformers  # model classes are looked up lazily (transformers.X): importing them costs ~3 s
 from tqdm.auto import tqdm
 
-from lowrank_lab.runtime import cache_dir
+from lowrank_lab.runtime import cache_dir, progress_enabled
 
 MODEL_NAMES = ("minilm", "smollm2-135m", "tiny-llama")
 KINDS = ("classification", "causal_lm")
@@ -193,7 +193,7 @@ def _smollm2_dir() -> Path:
     print(f"[lowrank_lab] converting SmolLM2-135M-Instruct GGUF -> fp32 safetensors once -> {final}")
 
     def write(tmp: Path) -> None:
-        with tqdm(total=3, desc="SmolLM2 conversion", unit="stage") as bar:
+        with tqdm(total=3, desc="SmolLM2 conversion", unit="stage", disable=not progress_enabled()) as bar:
             bar.set_postfix_str("de-quantize GGUF")
             q = transformers.AutoModelForCausalLM.from_pretrained(
                 gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32
