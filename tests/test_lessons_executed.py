@@ -1,0 +1,59 @@
+"""Executed lesson copies: each matches its lesson's cells and names its commit and scale; the drift check and
+the runtime table work on a tiny notebook executed here."""
+
+import json
+
+import pytest
+
+from lowrank_lab import notebooks
+
+
+def _notebook(*sources):
+    return {"cells": [{"cell_type": "code", "id": f"cell-{i}", "metadata": {}, "source": s, "outputs": [],
+                       "execution_count": None} for i, s in enumerate(sources)],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.parametrize("source", [s for s in notebooks.lesson_sources() if (notebooks.EXECUTED / s.name).exists()],
+                         ids=lambda p: p.stem)
+def test_every_committed_copy_matches_its_lesson(source):
+    assert notebooks.check_copy(source, notebooks.EXECUTED / source.name) == []
+
+
+def test_an_executed_copy_names_its_run_and_catches_drift(tmp_path, monkeypatch):
+    source = tmp_path / "09_tiny.ipynb"
+    source.write_text(json.dumps(_notebook("import os\nprint(os.environ['LOWRANK_LAB_SCALE'])", "1 + 1")))
+    monkeypatch.setattr(notebooks, "commit_of", lambda path: "0123456789abcdef")
+    record = notebooks.execute(source, "smoke", timeout_s=120, out_dir=tmp_path / "executed")
+    copy = tmp_path / "executed" / source.name
+    executed = json.loads(copy.read_text())
+    assert record["scale"] == "smoke" and record["commit"] == "0123456789abcdef" and record["wall_time_s"] > 0
+    header = "".join(executed["cells"][0]["source"])
+    assert "commit `0123456789ab`" in header and "scale `smoke`" in header
+    assert "".join(executed["cells"][1]["outputs"][0]["text"]).strip() == "smoke"  # ran at the scale it names
+    assert notebooks.check_copy(source, copy) == []
+
+    source.write_text(json.dumps(_notebook("import os\nprint(os.environ['LOWRANK_LAB_SCALE'])", "2 + 2")))
+    assert "cells differ from 09_tiny.ipynb from cell 1 on" in notebooks.check_copy(source, copy)[0]
+    timings = json.loads((tmp_path / "executed" / "timings.json").read_text())
+    assert timings["09_tiny"]["wall_time_s"] == record["wall_time_s"]
+
+
+def test_the_runtime_table_comes_from_the_timings(tmp_path):
+    (tmp_path / "00_a.ipynb").write_text(json.dumps(_notebook("1")))
+    (tmp_path / "01_b.ipynb").write_text(json.dumps(_notebook("2")))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{notebooks.TABLE_START}\nold\n{notebooks.TABLE_END}\nafter\n")
+    timings = tmp_path / "timings.json"
+    timings.write_text(json.dumps({"00_a": {"wall_time_s": 90.0, "scale": "cpu", "cpu_count": 2,
+                                            "commit": "abcdef1234567890"}}))
+    text = notebooks.write_runtime_table(readme, timings)
+    assert "| 00_a | 1.5 min | cpu | 2 | `abcdef123456` |" in text and "| 01_b | not measured yet |" in text
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+
+
+def test_select_names_lessons_by_number_and_refuses_unknown_ones():
+    assert [p.stem[:2] for p in notebooks.select(["01", "03"])] == ["01", "03"]
+    with pytest.raises(ValueError, match="lesson must be one of .* got '42'"):
+        notebooks.select(["42"])
