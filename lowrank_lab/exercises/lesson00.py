@@ -1,0 +1,133 @@
+"""Self-checking exercises of lesson 00 (setup, scales and notation).
+
+Each ``check_...`` computes its reference its own way (autograd, the module's own parameter list, the library's
+``get_scale``), never from the formula the student is asked to apply, and its hint says where to look, not what
+the answer is.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from unittest import mock
+
+import torch
+from torch import nn
+
+from lowrank_lab.exercises import not_attempted, passed
+from lowrank_lab.runtime import SCALE_ENV, get_scale
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 1: the full gradient G = δᵀX and the bias gradient, by hand
+# ---------------------------------------------------------------------------------------------------------------
+GRADIENT_TOY_SHAPE = (6, 4, 3)  # (N, n, m): N rows of n inputs, m outputs
+
+
+def gradient_toy(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
+    """The batch of exercise 1: ``(X, target, layer)`` in float64, the loss being
+    ``L = ((layer(X) - target) ** 2).sum() / 2``. Same seed, same tensors."""
+    N, n, m = GRADIENT_TOY_SHAPE
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(N, n, generator=gen, dtype=torch.float64)
+    target = torch.randn(N, m, generator=gen, dtype=torch.float64)
+    layer = nn.Linear(n, m).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(m, n, generator=gen, dtype=torch.float64))
+        layer.bias.copy_(torch.randn(m, generator=gen, dtype=torch.float64))
+    return X, target, layer
+
+
+def _autograd_reference(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    X, target, layer = gradient_toy(seed)
+    loss = ((layer(X) - target) ** 2).sum() / 2
+    loss.backward()
+    return layer.weight.grad.detach(), layer.bias.grad.detach()
+
+
+def check_full_gradient(G, grad_b, seed: int = 0) -> bool:
+    """Exercise 1: ``G`` = ∂L/∂W (m × n) and ``grad_b`` = ∂L/∂b (m) of :func:`gradient_toy`'s loss."""
+    name = "Exercise 1 (G = δᵀX and ∂L/∂b)"
+    if not_attempted(name, G, grad_b):
+        return False
+    ref_G, ref_b = _autograd_reference(seed)
+    G, grad_b = torch.as_tensor(G, dtype=torch.float64), torch.as_tensor(grad_b, dtype=torch.float64)
+    passed(name, tuple(G.shape) == tuple(ref_G.shape),
+           f"G must have the weight's shape (m, n) = {tuple(ref_G.shape)}, got {tuple(G.shape)}; which of δ and X "
+           "is transposed?")
+    passed(name, torch.allclose(G, ref_G, rtol=1e-9, atol=1e-9),
+           "G has the right shape but not the right values: is δ = ∂L/∂Y for THIS loss (mind the 1/2 and the "
+           "sum), and is the product δᵀX, not Xᵀδ or δX?")
+    passed(name, tuple(grad_b.reshape(-1).shape) == tuple(ref_b.shape),
+           f"∂L/∂b has one entry per output feature ({ref_b.numel()}), got shape {tuple(grad_b.shape)}; "
+           "over which axis of δ do you sum?")
+    return passed(name, torch.allclose(grad_b.reshape(-1), ref_b, rtol=1e-9, atol=1e-9),
+                  "∂L/∂b has the right shape but not the right values: b is added to every row of Y, so every "
+                  "row's δ contributes to it.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 2: counting the parameters of a linear layer
+# ---------------------------------------------------------------------------------------------------------------
+def check_linear_parameter_count(weights, total, in_features: int = 384, out_features: int = 1536) -> bool:
+    """Exercise 2: the number of entries of ``nn.Linear(in_features, out_features).weight`` (``weights``) and
+    of all its parameters, bias included (``total``)."""
+    name = "Exercise 2 (parameters of nn.Linear)"
+    if not_attempted(name, weights, total):
+        return False
+    layer = nn.Linear(in_features, out_features, device="meta")  # shapes only, no memory
+    ref_weights = layer.weight.numel()
+    ref_total = sum(p.numel() for p in layer.parameters())
+    passed(name, int(weights) == ref_weights,
+           "the weight count is not right: what is the weight's shape (out, in), and how many entries does it hold?")
+    return passed(name, int(total) == ref_total,
+                  "the weight count is right but the total is not: which other parameter does nn.Linear hold, "
+                  "and how long is it?")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 3: which scale runs?
+# ---------------------------------------------------------------------------------------------------------------
+SCALE_CASES = (  # (SCALE parameter, $LOWRANK_LAB_SCALE, CUDA available)
+    (None, None, False),
+    (None, None, True),
+    (None, "smoke", True),
+    ("cpu", "smoke", False),
+    ("full", None, False),
+    (None, "cpu", True),
+)
+
+
+@contextmanager
+def _scale_env(value):
+    old = os.environ.get(SCALE_ENV)
+    if value is None:
+        os.environ.pop(SCALE_ENV, None)
+    else:
+        os.environ[SCALE_ENV] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(SCALE_ENV, None)
+        else:
+            os.environ[SCALE_ENV] = old
+
+
+def resolved_scale(parameter, env, cuda: bool) -> str:
+    """What ``lrl.get_scale(parameter)`` returns with ``$LOWRANK_LAB_SCALE = env`` (None: unset) on a machine
+    with (``cuda=True``) or without a CUDA GPU; the reference of exercise 3 (it runs the library's function)."""
+    with _scale_env(env), mock.patch("torch.cuda.is_available", return_value=cuda):
+        return get_scale(parameter)
+
+
+def check_scale_predictions(predictions, cases=SCALE_CASES) -> bool:
+    """Exercise 3: ``predictions`` = the scale that runs in each of ``cases``, in order."""
+    name = "Exercise 3 (which scale runs)"
+    if not_attempted(name, predictions):
+        return False
+    predictions = list(predictions)
+    passed(name, len(predictions) == len(cases), f"give one prediction per case: {len(cases)} cases, "
+                                                 f"got {len(predictions)}")
+    wrong = [i for i, (case, guess) in enumerate(zip(cases, predictions)) if resolved_scale(*case) != guess]
+    return passed(name, not wrong, f"case(s) {wrong} (0-based) are not right: which of the parameter, the "
+                                   "environment variable and auto-detection wins when more than one is set?")
