@@ -35,7 +35,7 @@ from .methods.xgblora import XGBLoRA
 from . import checks, claims
 from .plotting import plot_curves
 from .train import TrainConfig, evaluate, train
-from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything
+from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything, widgets_enabled
 
 __version__ = "0.1.0"
 
@@ -57,6 +57,7 @@ __all__ = [
     "NoMatchingModulesError",
     "SCALES",
     "TrainConfig",
+    "widgets_enabled",
     "XGBLoRA",
     "adapter_layers",
     "checks",

@@ -18,7 +18,7 @@ from pathlib import Path
 from lowrank_lab import presets, recipes
 from lowrank_lab.runtime import SCALES, get_device, lab_version, seed_everything
 
-# The default model per task kind: the offline mirrors of ASSETS.md.
+# The default model per task kind: offline PyPI mirrors (requirements-assets.txt).
 DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}
 PRESET_KEYS = set(presets.COMMON) | {k for scale in presets.TRAIN_PRESETS.values() for kind in scale.values()
                                      for k in kind} | {"lr", "epochs"}

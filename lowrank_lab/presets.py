@@ -5,7 +5,7 @@ and returns a dict of :class:`~lowrank_lab.train.TrainConfig` fields plus ``max_
 passed to ``load_task``) and ``epochs`` (used only when ``max_steps`` is None, i.e. at ``full`` scale,
 where the step count follows the data size: :func:`resolve_max_steps`).
 
-Budgets on 2 CPU cores (ASSETS.md timings):
+Budgets on 2 CPU cores (timings measured on such a machine):
 
 * ``smoke``: seconds, for CI. 8 steps of 8 short examples.
 * ``cpu``:  minutes. Classification: every training row, 512 steps at batch 16 x 64 tokens, batches grouped
@@ -36,7 +36,7 @@ GSM_TASKS = ("gsm",)  # the causal_lm tasks; every other task is classification
 # on 500): full 2e-5 -> 0.73 (on 1,000), 5e-5 -> 0.82, 1e-4 -> 0.82; LoRA r8 a16 5e-4 -> 0.67 (on 1,000),
 # 1e-3 -> 0.79, 2e-3 -> 0.80, 5e-3 -> 0.80. Short budgets favour the top of the usual ranges. rsLoRA keeps
 # LoRA's rate so the two differ only in scaling (alpha/sqrt(r) = 5.7 vs alpha/r = 2 at r=8, alpha=16).
-# causal_lm: 2e-4 for LoRA took SmolLM2's gsm loss 1.54 -> 1.04 in 80 steps (ASSETS.md); 1e-5 full FT.
+# causal_lm: 2e-4 for LoRA took SmolLM2's gsm loss 1.54 -> 1.04 in 80 steps (a probe on 2 cores); 1e-5 full FT.
 LEARNING_RATES = {
     #            classification (MiniLM)   causal_lm (SmolLM2)
     "full":   {"classification": 5e-5, "causal_lm": 1e-5},
@@ -133,7 +133,7 @@ def resolve_max_steps(preset: dict, n_train: int) -> int:
 def primary_metric(kind: str, scale: str) -> tuple[str, bool]:
     """(metric name, higher_is_better) used to compare runs.
 
-    gsm exact match is ~0 for a 135M model below ``full`` scale (ASSETS.md), so it cannot separate methods
+    gsm exact match is ~0 for a 135M model below ``full`` scale, so it cannot separate methods
     there; the teacher-forced loss on solution tokens is the smooth stand-in (exact match is still reported).
     """
     if kind == "classification":

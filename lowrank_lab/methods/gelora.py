@@ -63,7 +63,7 @@ RANK_OFFSET = 1  # r_i = ceil(lb_i) + RANK_OFFSET: GeLoRA's bound is often 0, an
 BUDGET_TOLERANCE = 0.01  # a rank map meets a budget within ±1 %
 CHUNK_BYTES = 64 * 2**20  # the distance rows computed at once take at most this much memory
 CANDIDATES = 4  # nearest neighbours re-measured exactly (difference norms) after the float32 screen
-DEFAULT_MAX_TOKENS = 4096  # tokens per hidden-state set (METHODS.md: N ≈ 2k-20k per layer)
+DEFAULT_MAX_TOKENS = 4096  # tokens per hidden-state set (TwoNN settles with a few thousand points per layer)
 CALIBRATION_EXAMPLES = {"classification": 256, "causal_lm": 32}  # rows of task.train the CLI recipe reads
 CALIBRATION_MAX_LENGTH = {"classification": 128, "causal_lm": 256}
 

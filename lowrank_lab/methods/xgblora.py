@@ -1,7 +1,7 @@
 """XGBLoRA: "Less is More: Extreme Gradient Boost Rank-1 Adaption for Efficient Finetuning of LLMs"
 (Y. Zhang, H. Zhu, A. Liu, H. Yu, P. Koniusz, I. King; arXiv 2410.19694).
 
-Gradient boosting over tiny LoRA "boosters". A budget of K optimizer steps is split into T = K/κ rounds;
+Gradient boosting over tiny LoRA "boosters". A budget of K optimizer steps is split into R = K/κ rounds;
 round t picks L_s of the model's L blocks (transformer layers) at random, trains a fresh rank-r booster
 (B_t, A_t) on each target projection of those blocks for κ steps, with the penalty (λ/2)(‖A_t‖² + ‖B_t‖²)
 (the paper's Ω), then merges it (Eq. 8) and starts over:
@@ -10,7 +10,7 @@ round t picks L_s of the model's L blocks (transformer layers) at random, trains
 
 Plain LoRA is the special case κ = K, all blocks, λ = 0: one round, one booster per layer.
 
-No official code exists; METHODS.md §5 lists what is known. Our choices where the paper is silent or was
+No official code exists. Our choices where the paper is silent or was
 not readable, each an argument of :class:`XGBLoRA`:
 
 * the layer subset is redrawn once per round (not per step), from ``(seed, round)`` only, so every DDP
@@ -48,7 +48,7 @@ from ..layers.base import NonFiniteError, check_positive_float, check_positive_i
 
 # Which transformer layer a module belongs to: BERT "encoder.layer.3.", Llama "model.layers.3.", GPT-2 "h.3.".
 DEFAULT_BLOCK_PATTERN = r"(?:^|\.)(?:layer|layers|h|blocks|block)\.(\d+)(?:\.|$)"
-# The paper's best ablation picked 11 of LLaMA3-8B's 32 layers per round (METHODS.md §5.2, reviewer 5).
+# The paper's best ablation picked 11 of LLaMA3-8B's 32 layers per round (as its public reviews report).
 PAPER_BLOCK_FRACTION = 11 / 32
 # Default number of rounds when steps_per_round is not given: κ = ceil(K / DEFAULT_ROUNDS). Boosting's claim rests
 # on many rounds; with 16, a global cosine schedule leaves the last few rounds almost untrained.
@@ -131,7 +131,7 @@ class XGBLoRA(torch.optim.AdamW):
 
     Arguments (κ, L_s, α_t, λ in the paper's notation):
 
-    * ``total_steps`` K and ``steps_per_round`` κ ≤ K: T = ceil(K/κ) rounds, the last one possibly shorter.
+    * ``total_steps`` K and ``steps_per_round`` κ ≤ K: R = ceil(K/κ) rounds, the last one possibly shorter.
     * ``blocks_per_round`` L_s in [1, L]; None = the paper's ratio 11/32 of the L blocks.
     * ``shrinkage`` α_t (a constant, 1 in the paper); ``booster_penalty`` λ ≥ 0.
     * ``lr``, ``betas``, ``eps``, ``weight_decay``: AdamW's, for boosters and other parameters alike
@@ -231,7 +231,7 @@ class XGBLoRA(torch.optim.AdamW):
 
     @property
     def n_rounds(self) -> int:
-        """T = ceil(K / κ)."""
+        """R = ceil(K / κ)."""
         return math.ceil(self.total_steps / self.steps_per_round)
 
     def blocks_for_round(self, round_index: int) -> list[int | str]:
