@@ -57,3 +57,11 @@ def test_select_names_lessons_by_number_and_refuses_unknown_ones():
     assert [p.stem[:2] for p in notebooks.select(["01", "03"])] == ["01", "03"]
     with pytest.raises(ValueError, match="lesson must be one of .* got '42'"):
         notebooks.select(["42"])
+
+
+def test_the_lessons_readme_shows_the_table_the_timings_give():
+    timings = json.loads(notebooks.TIMINGS.read_text()) if notebooks.TIMINGS.exists() else {}
+    table = notebooks.runtime_table(timings, notebooks.lesson_sources())
+    readme = (notebooks.LESSONS / "README.md").read_text()
+    assert f"{notebooks.TABLE_START}\n{table}\n{notebooks.TABLE_END}" in readme, \
+        "regenerate it: python -m lowrank_lab lessons --table"
