@@ -1,0 +1,98 @@
+"""Self-checking exercises of lesson 04 (Bone and Bat). Each check computes its reference its own way (building
+the library's layers, or re-merging an answer), never from the formula the student is asked to write."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import not_attempted, passed
+
+# (in_features, out_features, r) of the layers in exercise 1: a square MiniLM projection, a SmolLM2 up
+# projection, and a down projection whose input is not a multiple of r (Bone pads the last shard).
+BONE_SHAPES = ((384, 384, 16), (576, 1536, 16), (1536, 576, 40))
+
+
+def _trainable(layer) -> int:
+    return sum(p.numel() for p in layer.adapter_parameters().values())
+
+
+def check_bone_parameter_count(answers) -> bool:
+    """Exercise 1: the trainable numbers of one Bone layer for each (in, out, r) of :data:`BONE_SHAPES`."""
+    name = "Exercise 1 (Bone's trainable count)"
+    if not_attempted(name, answers):
+        return False
+    from ..layers.bone import BoneLinear
+
+    answers = list(answers)
+    if len(answers) != len(BONE_SHAPES):
+        return passed(name, False, f"give one count per shape of BONE_SHAPES ({len(BONE_SHAPES)} numbers)")
+    wanted = [_trainable(BoneLinear(nn.Linear(n_in, n_out, bias=False), r)) for n_in, n_out, r in BONE_SHAPES]
+    wrong = [i for i, (a, w) in enumerate(zip(answers, wanted)) if a != w]
+    return passed(name, not wrong,
+                  f"shape(s) {[BONE_SHAPES[i] for i in wrong]} are off. Which dimension does D share across the "
+                  "shards, and which one does it span? Does the padded input change the count?")
+
+
+def check_bone_as_lora(D: torch.Tensor, n_in: int, E, B) -> bool:
+    """Exercise 2: a frozen ``E`` (r × n_in, the tiled identity) and ``B`` (out × r) with ``B @ E`` equal to the
+    update of a Bone layer whose block is ``D`` (r × out)."""
+    name = "Exercise 2 (Bone = LoRA with a frozen tiled-identity A)"
+    if not_attempted(name, E, B):
+        return False
+    from ..layers.bone import BoneLinear
+
+    r, n_out = D.shape
+    E, B = torch.as_tensor(E), torch.as_tensor(B)
+    if tuple(E.shape) != (r, n_in):
+        return passed(name, False, f"E has shape {tuple(E.shape)}; A of a LoRA on this layer is (r, in)")
+    if tuple(B.shape) != (n_out, r):
+        return passed(name, False, f"B has shape {tuple(B.shape)}; B of a LoRA on this layer is (out, r)")
+    if not torch.all((E == 0) | (E == 1)):
+        return passed(name, False, "E should hold only zeros and ones: it copies input coordinates into shard sums")
+    layer = BoneLinear(nn.Linear(n_in, n_out, bias=False).to(D.dtype), r)
+    with torch.no_grad():
+        layer.bone_block.copy_(D)
+    reference = layer.delta_weight().detach()
+    got = B.to(reference.dtype) @ E.to(reference.dtype)
+    return passed(name, torch.allclose(got, reference, atol=1e-10, rtol=0),
+                  "B @ E differs from the Bone update [D^T | D^T | ...]. Input column i lands in shard sum "
+                  "coordinate i mod r; check the last, partial shard too.")
+
+
+def check_bat_unmerge(W_merged: torch.Tensor, D: torch.Tensor, W0) -> bool:
+    """Exercise 3: the frozen weight ``W0`` recovered from a Bat-merged weight ``W_merged`` and its blocks ``D``
+    ((out/r) × r × r). Checked by merging the answer again (block loop) and comparing with ``W_merged``."""
+    name = "Exercise 3 (Bat's unmerge through (I + D_i)^-1)"
+    if not_attempted(name, W0):
+        return False
+    W0 = torch.as_tensor(W0).to(W_merged.dtype)
+    if W0.shape != W_merged.shape:
+        return passed(name, False, f"W0 has shape {tuple(W0.shape)}, the merged weight {tuple(W_merged.shape)}")
+    n_blocks, r, _ = D.shape
+    eye = torch.eye(r, dtype=W_merged.dtype)
+    again = torch.empty_like(W_merged)
+    for i in range(n_blocks):
+        for j in range(W_merged.shape[1] // r):
+            block = W0[i * r:(i + 1) * r, j * r:(j + 1) * r]
+            again[i * r:(i + 1) * r, j * r:(j + 1) * r] = block @ (eye + D[i]) + D[i]
+    same = torch.allclose(again, W_merged, atol=1e-9, rtol=0)
+    moved = not torch.allclose(W0, W_merged, atol=1e-9, rtol=0)
+    return passed(name, same and moved,
+                  "merging your W0 with D does not give W_merged back. Solve W'_ij = W_ij (I + D_i) + D_i for W_ij "
+                  "block by block: subtract first, then multiply by an inverse on the correct side.")
+
+
+def bat_unmerge_problem(seed: int = 0, out_features: int = 8, in_features: int = 12, r: int = 4):
+    """A Bat-merged weight and its blocks for exercise 3: ``(W_merged, D)`` in float64 (W0 stays hidden)."""
+    from ..layers.bone import BatLinear
+
+    gen = torch.Generator().manual_seed(seed)
+    base = nn.Linear(in_features, out_features, bias=False).double()
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(out_features, in_features, generator=gen, dtype=torch.float64))
+    layer = BatLinear(base, r)
+    with torch.no_grad():
+        layer.bone_block.copy_(0.3 * torch.randn(layer.bone_block.shape, generator=gen, dtype=torch.float64))
+    W_merged = layer.merged_weight(base.weight.detach()).detach().clone()
+    return W_merged, layer.bone_block.detach().clone()

@@ -1,0 +1,88 @@
+"""Self-checking exercises of lesson 05 (GeLoRA). Each check computes its reference its own way (the library's
+estimator and profile, or the budget's closed form), never from the student's formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import not_attempted, passed
+
+# Exercise 2: an ID profile d_0 (embeddings), d_1, ..., d_6 (the outputs of six blocks).
+ID_PROFILE = (6.1, 8.4, 7.9, 10.6, 10.2, 12.9, 12.4)
+# Exercise 3: every block adapts two 384 x 384 matrices (query, value); the budget is uniform LoRA r = 8's.
+MATRICES_PER_BLOCK, MATRIX_IN, MATRIX_OUT, UNIFORM_R = 2, 384, 384, 8
+BUDGET_TOLERANCE = 0.01
+
+
+def twonn_cloud(seed: int = 0, n_pts: int = 800, d: int = 4, n_emb: int = 12) -> np.ndarray:
+    """Exercise 1's point cloud: ``n_pts`` Gaussian points on a random ``d``-dim subspace of R^``n_emb``."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((n_emb, d)))[0]
+    return rng.standard_normal((n_pts, d)) @ basis.T
+
+
+def check_twonn(X, d_hat) -> bool:
+    """Exercise 1: TwoNN by hand (discard the largest 10 % of the ratios) on the cloud ``X``."""
+    name = "Exercise 1 (TwoNN by hand)"
+    if not_attempted(name, d_hat):
+        return False
+    from ..methods.gelora import intrinsic_dimension
+
+    reference = intrinsic_dimension(X, discard_fraction=0.1)
+    ok = isinstance(d_hat, (int, float, np.floating)) and abs(float(d_hat) - reference) <= 1e-6 * reference
+    return passed(name, ok, "your estimate differs from TwoNN's. Check: mu = rho2 / rho1 per point, sorted; the empirical "
+                            "CDF i / n_pts over all points; keep the smallest 90 %; a least-squares line through the origin.")
+
+
+def check_lower_bounds(lb) -> bool:
+    """Exercise 2: GeLoRA's lower bound of every block from :data:`ID_PROFILE`."""
+    name = "Exercise 2 (lower bounds from an ID profile)"
+    if not_attempted(name, lb):
+        return False
+    from ..methods.gelora import IDProfile
+
+    d = list(ID_PROFILE)
+    reference = IDProfile([f"block{i}" for i in range(1, len(d))], d[:-1], d[1:], 0, "twonn", 0.1).lower_bounds
+    lb = list(lb)
+    if len(lb) != len(reference):
+        return passed(name, False, f"a profile of {len(d)} sets has {len(reference)} blocks: one bound per block")
+    return passed(name, all(abs(float(a) - b) <= 1e-9 for a, b in zip(lb, reference)),
+                  "compare each block's output with its input; what does GeLoRA do where the ID shrinks?")
+
+
+def check_rank_allocation(ranks, lb=None) -> bool:
+    """Exercise 3: integer ranks per block, proportional to lb + 1 and spending uniform LoRA r = 8's budget
+    (two 384 x 384 matrices per block) within ±1 %. ``lb`` defaults to the bounds of :data:`ID_PROFILE`."""
+    name = "Exercise 3 (rank allocation at a budget)"
+    if not_attempted(name, ranks):
+        return False
+    if lb is None:
+        lb = [max(b - a, 0.0) for a, b in zip(ID_PROFILE[:-1], ID_PROFILE[1:])]
+    ranks = list(ranks)
+    cost = MATRICES_PER_BLOCK * (MATRIX_IN + MATRIX_OUT)          # parameters per unit of rank in one block
+    budget = UNIFORM_R * cost * len(lb)
+    if len(ranks) != len(lb) or not all(isinstance(r, (int, np.integer)) and r >= 1 for r in ranks):
+        return passed(name, False, f"give one positive integer rank per block ({len(lb)} blocks)")
+    spent = sum(int(r) * cost for r in ranks)
+    scale = budget / (cost * sum(b + 1 for b in lb))              # r_l = scale * (lb_l + 1) spends the budget exactly
+    if abs(spent - budget) > BUDGET_TOLERANCE * budget:
+        return passed(name, False, f"your ranks spend {spent:,} parameters; the budget is uniform r = {UNIFORM_R} on every "
+                                   "matrix. Count r (in + out) for each adapted matrix.")
+    return passed(name, all(abs(r - scale * (b + 1)) <= 1 + 1e-9 for r, b in zip(ranks, lb)),
+                  "the budget is met, but the ranks are not proportional to lb + 1: find the scale that spends the budget, "
+                  "then round each block's rank to a neighbouring integer.")
+
+
+def proportional_ranks(lb, budget: float, cost: int) -> list[int]:
+    """A reference allocation (used by the tests): floor of scale·(lb+1), then +1 by largest remainder while the total
+    gets closer to the budget."""
+    scale = budget / (cost * sum(b + 1 for b in lb))
+    real = [scale * (b + 1) for b in lb]
+    ranks = [max(1, math.floor(x)) for x in real]
+    for i in sorted(range(len(real)), key=lambda k: -(real[k] - math.floor(real[k]))):
+        total = sum(r * cost for r in ranks)
+        if abs(total + cost - budget) < abs(total - budget):
+            ranks[i] += 1
+    return ranks
