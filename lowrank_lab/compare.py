@@ -403,7 +403,12 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
         return shared_lr if shared_lr is not None and method not in recipes.OPTIONLESS_METHODS else None
 
     start = time.perf_counter()
-    settings = {m: {"lr": fixed_lr(m), "extra": ()} for m in methods}
+    def default_extra(method):  # an untuned run at the default rate also takes the knobs tuned with it
+        if tune or shared_lr is not None:
+            return ()
+        return tuple(sorted(presets.tuned_options(task_name, scale, method).items()))
+
+    settings = {m: {"lr": fixed_lr(m), "extra": default_extra(m)} for m in methods}
     tuning = {}
     if tune:
         centers = {m: presets.learning_rate(m, kind) for m in methods}
@@ -424,7 +429,7 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
                 tuning[method]["knobs_selected"] = dict(best[1]) if best else None
                 settings[method]["extra"] = best[1] if best else ()
     else:
-        pool.check([RunKey(m, s, settings[m]["lr"]) for m in methods for s in range(seeds)])
+        pool.check([RunKey(m, s, settings[m]["lr"], settings[m]["extra"]) for m in methods for s in range(seeds)])
 
     evaluated = [m for m in methods if not tune or settings[m]["lr"] is not None]  # no rate finished: no seeds
     keys = [RunKey(m, s, settings[m]["lr"], settings[m]["extra"]) for m in evaluated for s in range(seeds)]

@@ -53,6 +53,13 @@ TUNED_RATES = {
 }
 
 
+def tuned_options(task_name: str, scale: str, method: str) -> dict:
+    """Schedule knobs the same study selected for ``method`` (XGBLoRA's ``blocks_per_round``,
+    ``steps_per_round``), which ``compare`` passes to the method's runs at its default rate; {} when none."""
+    entry = TUNED_RATES.get(task_name) if scale == "cpu" else None
+    return dict((entry or {}).get("options", {}).get(method, {}))
+
+
 def tuned_rate(task_name: str, scale: str, method: str) -> tuple[float, str] | None:
     """(rate, results file that selected it) when ``method`` has a tuned default for the task at ``scale``."""
     entry = TUNED_RATES.get(task_name) if scale == "cpu" else None

@@ -19,6 +19,9 @@ def test_tuned_rates_are_the_rates_their_results_file_selected(task_name):
         assert results["tuning"][method]["lr_selected"] == rate, method
         assert presets.train_preset(task_name, "cpu", method)["lr"] == rate
     assert set(entry["lr"]) == {m for m, t in results["tuning"].items() if t["lr_selected"] is not None}
+    for method, knobs in entry.get("options", {}).items():
+        assert results["tuning"][method]["knobs_selected"] == knobs, method
+        assert presets.tuned_options(task_name, "cpu", method) == knobs
 
 
 def test_tuned_rates_apply_only_at_the_cpu_scale_they_were_tuned_at(monkeypatch):
@@ -30,3 +33,6 @@ def test_tuned_rates_apply_only_at_the_cpu_scale_they_were_tuned_at(monkeypatch)
         assert presets.tuned_rate("trec", scale, "lora") is None
         assert presets.train_preset("trec", scale, "lora")["lr"] == presets.learning_rate("lora", "classification")
     assert presets.tuned_rate("trec", "cpu", "bone") is None  # untuned methods keep the prior
+    monkeypatch.setitem(presets.TUNED_RATES["trec"], "options", {"xgblora": {"blocks_per_round": 6}})
+    assert presets.tuned_options("trec", "cpu", "xgblora") == {"blocks_per_round": 6}
+    assert presets.tuned_options("trec", "smoke", "xgblora") == {} == presets.tuned_options("trec", "cpu", "lora")
