@@ -75,9 +75,9 @@ def plot_curves(histories: dict[str, dict], path=None, title: str = "Training cu
     ax_loss.set(xlabel="optimizer step", ylabel="train loss", title=f"train loss (EMA {smoothing})")
     ax_eval.set(xlabel="optimizer step", ylabel=f"validation {metric or 'metric'}",
                 title=f"validation {metric or '(no evals)'}")
-    for ax in (ax_loss, ax_eval):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+    source = ax_eval if ax_eval.get_legend_handles_labels()[0] else ax_loss
+    if source.get_legend_handles_labels()[0]:  # one legend for both panels, outside them: off the data
+        source.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:

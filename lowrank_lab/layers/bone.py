@@ -10,8 +10,8 @@ The name moved between paper versions; we follow the DiSHA version (HF PEFT call
       ΔW = [Dᵀ | Dᵀ | ... | Dᵀ]  (n/r copies, the last one cut to n mod r columns when r does not divide n)
 
   so ΔW·x = Dᵀ·S(x) with S(x) = Σ_j x[j·r:(j+1)·r] (zero-padding the last shard). The forward never forms ΔW:
-  one pass over x for the shard sum, one thin (N×r)(r×m) product. Equivalently ΔW = Dᵀ·P with P (r, n),
-  P[k, i] = 1 iff i mod r = k: Bone is LoRA with A frozen to a tiled identity and B = Dᵀ (``bone_to_lora``).
+  one pass over x for the shard sum, one thin (N×r)(r×m) product. Equivalently ΔW = Dᵀ·E with E (r, n),
+  E[k, i] = 1 iff i mod r = k: Bone is LoRA with A frozen to a tiled identity and B = Dᵀ (``bone_to_lora``).
   Unlike LoRA's ∂L/∂A at B = 0, ∂L/∂D = S(X)ᵀδ is not zero at init: the one matrix learns from step 1.
   r·m trainable numbers per layer (LoRA: r·(m+n)), no alpha.
 
@@ -179,7 +179,7 @@ class _BoneLinearFunction(torch.autograd.Function):
 
 
 def tiled_identity(r: int, n: int, dtype=None, device=None) -> torch.Tensor:
-    """P (r, n) with P[k, i] = 1 iff i mod r = k: S(x) = P·x, and Bone's ΔW = Dᵀ·P."""
+    """E (r, n) with E[k, i] = 1 iff i mod r = k (the tiled identity [I_r I_r ...]): S(x) = E·x, Bone's ΔW = Dᵀ·E."""
     columns = torch.arange(n, device=device)
     return (torch.arange(r, device=device)[:, None] == columns % r).to(dtype or torch.get_default_dtype())
 
