@@ -1,14 +1,14 @@
 """XGBLoRA: "Less is More: Extreme Gradient Boost Rank-1 Adaption for Efficient Finetuning of LLMs"
 (Y. Zhang, H. Zhu, A. Liu, H. Yu, P. Koniusz, I. King; arXiv 2410.19694).
 
-Gradient boosting over tiny LoRA "boosters". A budget of K optimizer steps is split into R = K/κ rounds;
-round t picks L_s of the model's L blocks (transformer layers) at random, trains a fresh rank-r booster
-(B_t, A_t) on each target projection of those blocks for κ steps, with the penalty (λ/2)(‖A_t‖² + ‖B_t‖²)
-(the paper's Ω), then merges it (Eq. 8) and starts over:
+Gradient boosting over tiny LoRA "boosters" (lesson 00's notation). A budget of T optimizer steps
+(``total_steps``) is split into R = T/κ rounds; round k picks L_s of the model's n_ℓ blocks (transformer
+layers) at random, trains a fresh rank-r booster (B_k, A_k) on each target projection of those blocks for κ
+steps, with the penalty (λ/2)(‖A_k‖² + ‖B_k‖²) (the paper's Ω), then merges it (Eq. 8) and starts over:
 
-    W ← W + α_t · s · B_t A_t          (shrinkage α_t, 1 in the paper; s = LoRA's α/r)
+    W ← W + ν · s · B_k A_k          (shrinkage ν, ``shrinkage``, 1 in the paper; s = LoRA's α/r)
 
-Plain LoRA is the special case κ = K, all blocks, λ = 0: one round, one booster per layer.
+Plain LoRA is the special case κ = T, all blocks, λ = 0: one round, one booster per layer.
 
 No official code exists. Our choices where the paper is silent or was
 not readable, each an argument of :class:`XGBLoRA`:
@@ -16,7 +16,7 @@ not readable, each an argument of :class:`XGBLoRA`:
 * the layer subset is redrawn once per round (not per step), from ``(seed, round)`` only, so every DDP
   rank picks the same blocks without communicating;
 * a booster's Adam state is cleared when it is merged (it is a new parameter); one global LR schedule
-  (``train.warmup_cosine``) covers all K steps, with no per-round warmup;
+  (``train.warmup_cosine``) covers all T steps, with no per-round warmup;
 * Ω enters as its gradient λ·p, added to the boosters' (already clipped) gradients inside ``step()``;
 * merges are computed in fp32; for fp16/bf16 weights a copy of W0 is kept and every merge rewrites
   W = W0 + ΣΔ from it, so round-off does not pile up over hundreds of merges (``keep_base_copy``);
@@ -82,7 +82,7 @@ def default_blocks_per_round(n_blocks: int) -> int:
 
 
 def default_steps_per_round(total_steps: int) -> int:
-    """κ giving about ``DEFAULT_ROUNDS`` rounds over K steps (the paper's κ is not known)."""
+    """κ giving about ``DEFAULT_ROUNDS`` rounds over T steps (the paper's κ is not known)."""
     return max(1, math.ceil(total_steps / DEFAULT_ROUNDS))
 
 
@@ -125,15 +125,15 @@ class XGBLoRA(torch.optim.AdamW):
     booster slot. Every ``step()`` is AdamW on the active boosters (plus the penalty's gradient λ·p) and on
     the other trainable parameters (a classifier head, trained throughout); every ``steps_per_round``-th step,
     and at step K, the round ends (:meth:`finish_round`): the active boosters are merged into their frozen
-    weights (α_t · s · B·A in fp32), recorded, re-initialised (LoRA init: random A, B = 0) and their Adam state
-    cleared; then the next round's blocks are switched on. With α_t = 1 the model's output is unchanged right
-    after a merge (the booster's ΔW moved into W, the new boosters start at B = 0); α_t < 1 keeps part of it.
+    weights (ν · s · B·A in fp32), recorded, re-initialised (LoRA init: random A, B = 0) and their Adam state
+    cleared; then the next round's blocks are switched on. With ν = 1 the model's output is unchanged right
+    after a merge (the booster's ΔW moved into W, the new boosters start at B = 0); ν < 1 keeps part of it.
 
-    Arguments (κ, L_s, α_t, λ in the paper's notation):
+    Arguments (κ, L_s, ν, λ; the paper writes α_t for ν):
 
-    * ``total_steps`` K and ``steps_per_round`` κ ≤ K: R = ceil(K/κ) rounds, the last one possibly shorter.
+    * ``total_steps`` T and ``steps_per_round`` κ ≤ T: R = ceil(T/κ) rounds, the last one possibly shorter.
     * ``blocks_per_round`` L_s in [1, L]; None = the paper's ratio 11/32 of the L blocks.
-    * ``shrinkage`` α_t (a constant, 1 in the paper); ``booster_penalty`` λ ≥ 0.
+    * ``shrinkage`` ν (a constant, 1 in the paper); ``booster_penalty`` λ ≥ 0.
     * ``lr``, ``betas``, ``eps``, ``weight_decay``: AdamW's, for boosters and other parameters alike
       (decay applies to matrices only, as in ``train.make_optimizer``); wrap in ``train.warmup_cosine``.
     * ``seed``: the block choice and the re-initialisations depend only on it and the round index.
@@ -248,7 +248,7 @@ class XGBLoRA(torch.optim.AdamW):
         return self._A[name].shape[0] if name in self._A else 0
 
     def merged_delta(self, name: str) -> torch.Tensor:
-        """ΔW merged so far into layer ``name`` (out × in, fp32 or wider): Σ_t α_t s B_t A_t."""
+        """ΔW merged so far into layer ``name`` (out × in, fp32 or wider): Σ_k ν s B_k A_k."""
         layer = self.layers[name]
         if name not in self._A:
             return torch.zeros_like(layer.base_layer.weight, dtype=layer.compute_dtype)
@@ -359,8 +359,9 @@ class XGBLoRA(torch.optim.AdamW):
         """Turn the model, in place, into a plain LoRA model carrying everything boosting merged.
 
         Boosters trained in an unfinished round are merged first. The frozen weights go back to W0, and each
-        merged layer gets a LoRA of rank R = r × picks with A = the stacked A_t and B = the stacked α_t·s·B_t
-        divided by the export's scale s_R (``LoRAConfig.scaling_for(R)``), so s_R·B·A is the recorded ΔW. The
+        merged layer gets a LoRA of rank r·p (p = rounds that picked the layer) with A = the stacked A_k and
+        B = the stacked ν·s·B_k divided by the export's scale s' (``LoRAConfig.scaling_for(r·p)``), so s'·B·A is
+        the recorded ΔW. The
         output is unchanged (fp32 round-off). Then ``save_adapter``, ``export_peft``, ``merge_and_unload`` (the
         merged model) and ``unload`` (the base model) apply. The schedule is finished afterwards.
         """
@@ -399,7 +400,7 @@ class XGBLoRASettings:
 
     steps_per_round: int | None = None  # κ; None -> default_steps_per_round(K)
     blocks_per_round: int | None = None  # L_s; None -> default_blocks_per_round(L)
-    shrinkage: float = 1.0  # α_t
+    shrinkage: float = 1.0  # ν
     booster_penalty: float = 0.0  # λ
 
     def __post_init__(self):
