@@ -12,3 +12,7 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Spinning OpenMP workers make small tensor ops 10-100x slower when the 2 cores are shared.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Executed lesson copies (python -m lowrank_lab lessons --execute) are outputs, checked against their sources by
+# tests/test_lessons_executed.py; `pytest --nbmake lessons/` runs the lessons themselves, not the copies again.
+collect_ignore_glob = ["lessons/executed/*"]
