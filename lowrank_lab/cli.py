@@ -352,6 +352,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
     p.add_argument("--write", action="store_true",
                    help="also rewrite FOLDER/table.md, FOLDER/reproduction.md and FOLDER/paired_differences.png")
+    p.add_argument("--tuned-rates", action="store_true",
+                   help="only print the presets.TUNED_RATES entry of a --tune-lr study (its selected rates and knobs)")
     p.set_defaults(func=run_report)
     return p
 
@@ -363,6 +365,14 @@ def run_report(args) -> int:
         results = files.read_json(args.folder / "results.json")
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
+    if args.tuned_rates:
+        from lowrank_lab.presets import tuned_rates_entry
+
+        try:
+            print(tuned_rates_entry(results, str(args.folder / "results.json")))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return 0
     results["reproduction"] = reproduction_rows(results)  # the current statistics, not the stored verdicts
     print(markdown(results), reproduction_markdown(results), sep="\n\n")
     if args.write:

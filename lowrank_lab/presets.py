@@ -53,6 +53,18 @@ TUNED_RATES = {
 }
 
 
+def tuned_rates_entry(results: dict, results_path: str) -> str:
+    """The ``TUNED_RATES`` entry (Python source) that a ``compare --tune-lr`` results dict selects, so a study's
+    rates are copied into the presets, never typed (``python -m lowrank_lab report FOLDER --tuned-rates``)."""
+    if results.get("protocol") != "tuned" or results.get("scale") != "cpu":
+        raise ValueError(f"{results_path}: not a cpu-scale --tune-lr study (protocol {results.get('protocol')!r}, "
+                         f"scale {results.get('scale')!r})")
+    lr = {m: t["lr_selected"] for m, t in results["tuning"].items() if t.get("lr_selected") is not None}
+    options = {m: t["knobs_selected"] for m, t in results["tuning"].items() if t.get("knobs_selected")}
+    return (f"{results['task']!r}: {{\n    \"results\": {results_path!r},\n    \"command\": {results['command']!r},\n"
+            f"    \"lr\": {lr!r},\n    \"options\": {options!r},\n}},").replace("'", '"')
+
+
 def tuned_options(task_name: str, scale: str, method: str) -> dict:
     """Schedule knobs the same study selected for ``method`` (XGBLoRA's ``blocks_per_round``,
     ``steps_per_round``), which ``compare`` passes to the method's runs at its default rate; {} when none."""

@@ -36,3 +36,16 @@ def test_tuned_rates_apply_only_at_the_cpu_scale_they_were_tuned_at(monkeypatch)
     monkeypatch.setitem(presets.TUNED_RATES["trec"], "options", {"xgblora": {"blocks_per_round": 6}})
     assert presets.tuned_options("trec", "cpu", "xgblora") == {"blocks_per_round": 6}
     assert presets.tuned_options("trec", "smoke", "xgblora") == {} == presets.tuned_options("trec", "cpu", "lora")
+
+
+def test_the_tuned_rates_entry_is_printed_from_a_study_not_typed():
+    results = {"protocol": "tuned", "scale": "cpu", "task": "trec", "command": "python -m lowrank_lab compare x",
+               "tuning": {"lora": {"lr_selected": 0.005, "knobs_selected": None},
+                          "xgblora": {"lr_selected": 0.02, "knobs_selected": {"blocks_per_round": 6}},
+                          "bone": {"lr_selected": None}}}
+    text = presets.tuned_rates_entry(results, "results/study-trec-minilm-cpu/results.json")
+    entry = eval("{" + text + "}")["trec"]  # the printed entry is valid Python for presets.TUNED_RATES
+    assert entry["lr"] == {"lora": 0.005, "xgblora": 0.02} and entry["options"] == {"xgblora": {"blocks_per_round": 6}}
+    assert entry["results"] == "results/study-trec-minilm-cpu/results.json" and entry["command"] == results["command"]
+    with pytest.raises(ValueError, match="not a cpu-scale --tune-lr study"):
+        presets.tuned_rates_entry({**results, "protocol": "preset"}, "x.json")
