@@ -2,7 +2,7 @@
 
 import pytest
 
-from lowrank_lab.exercises import ExerciseError, not_attempted, passed
+from lowrank_lab.exercises import ExerciseError, not_attempted, passed, require
 
 
 def test_an_unanswered_exercise_is_reported_not_failed(capsys):
@@ -16,3 +16,10 @@ def test_a_wrong_answer_raises_its_hint_and_a_right_one_passes(capsys):
         passed("ex 2", False, "look at the rank")
     assert passed("ex 2", True, "unused") and "✓ ex 2" in capsys.readouterr().out
     assert issubclass(ExerciseError, AssertionError)
+
+
+def test_a_check_step_raises_its_hint_silently_passes_otherwise(capsys):
+    require("ex 3", True, "unused")
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ExerciseError, match="ex 3: not yet. the shape"):
+        require("ex 3", False, "the shape")

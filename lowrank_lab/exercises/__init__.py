@@ -28,3 +28,10 @@ def passed(name: str, condition: bool, hint: str) -> bool:
         raise ExerciseError(f"{name}: not yet. {hint}")
     print(f"✓ {name}")
     return True
+
+
+def require(name: str, condition: bool, hint: str) -> None:
+    """A step of a multi-part check (e.g. the answer's shape): raise the hint as :func:`passed` does unless
+    ``condition`` holds; print nothing."""
+    if not condition:
+        raise ExerciseError(f"{name}: not yet. {hint}")

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, not_attempted, passed
+from . import not_attempted, passed, require
 
 
-def _require(name: str, condition: bool, hint: str) -> None:
-    """A format check before the real one: raises the hint, prints nothing when it holds."""
-    if not condition:
-        raise ExerciseError(f"{name}: not yet. {hint}")
-
-
-def _as_tensor(answer, like: torch.Tensor, name: str) -> torch.Tensor | None:
+def _matrix_answer(name: str, answer, shape: tuple, what: str) -> torch.Tensor:
+    """The answer as a float64 tensor of ``shape``, or the hint naming the shape it must have."""
     try:
-        value = torch.as_tensor(answer, dtype=like.dtype)
+        value = torch.as_tensor(answer, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        return None
-    return value if value.shape == like.shape else None
+        value = None
+    require(name, value is not None and tuple(value.shape) == tuple(shape),
+            f"the answer must be {what}, shape {tuple(shape)}")
+    return value
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -37,8 +34,7 @@ def check_equivalent_gradient(G_eq, A, B, G, s) -> bool:
     if not_attempted(name, G_eq):
         return False
     A, B, G = (torch.as_tensor(x, dtype=torch.float64) for x in (A, B, G))
-    value = _as_tensor(G_eq, G, name)
-    _require(name, value is not None, f"the answer must be an m x n matrix like G, shape {tuple(G.shape)}")
+    value = _matrix_answer(name, G_eq, G.shape, "an m x n matrix like G")
     A_p, B_p = A.clone().requires_grad_(True), B.clone().requires_grad_(True)
     (s * B_p @ A_p * G).sum().backward()  # dL/dW = G for the linear loss L = <G, W>, so these are G_A and G_B
     lr = 1e-7
@@ -67,8 +63,7 @@ def check_projection(G_star, A, B, G) -> bool:
     if not_attempted(name, G_star):
         return False
     A, B, G = (torch.as_tensor(x, dtype=torch.float64) for x in (A, B, G))
-    value = _as_tensor(G_star, G, name)
-    _require(name, value is not None, f"the answer must be an m x n matrix like G, shape {tuple(G.shape)}")
+    value = _matrix_answer(name, G_star, G.shape, "an m x n matrix like G")
     QB, QA = _orthonormal_basis(B), _orthonormal_basis(A.T)
     on_B = QB @ (QB.T @ G)
     on_A = (G @ QA) @ QA.T
@@ -89,8 +84,7 @@ def check_sylvester(Xi, A, B, G, s) -> bool:
         return False
     A, B, G = (torch.as_tensor(x, dtype=torch.float64) for x in (A, B, G))
     r = A.shape[0]
-    value = _as_tensor(Xi, torch.zeros(r, r, dtype=torch.float64), name)
-    _require(name, value is not None, f"the answer must be an r x r matrix, shape ({r}, {r})")
+    value = _matrix_answer(name, Xi, (r, r), "an r x r matrix")
     BtB, AAt = B.T @ B, A @ A.T
     G_A = s * B.T @ G
     C = -torch.linalg.solve(BtB, G_A @ A.T) / s**2

@@ -13,13 +13,7 @@ import math
 import torch
 
 from lowrank_lab import presets
-from lowrank_lab.exercises import not_attempted, passed
-
-
-def _require(name: str, condition: bool, hint: str) -> None:
-    """A step of a multi-part check: raise the hint (as :func:`passed` does) unless ``condition``; print nothing."""
-    if not condition:
-        passed(name, False, hint)
+from lowrank_lab.exercises import not_attempted, passed, require
 
 # One decoder block of SmolLM2-135M: the seven projections LoRA adapts, as (out m, in n) = nn.Linear.weight's
 # shape; none has a bias.
@@ -60,7 +54,7 @@ def check_memory_bytes(full_bytes, lora_bytes, layers: dict = SMOLLM2_BLOCK, r: 
     if not_attempted(name, full_bytes, lora_bytes):
         return False
     full_ref, lora_ref = _training_bytes(layers, None), _training_bytes(layers, r)
-    _require(name, int(full_bytes) == full_ref,
+    require(name, int(full_bytes) == full_ref,
              "full fine-tuning: every number of every weight is trained; count 4 bytes for it, 4 for its gradient "
              "and 8 for its two Adam moments (m x n numbers per layer, not m + n)")
     passed(name, int(lora_bytes) == lora_ref,
@@ -79,13 +73,13 @@ def check_low_precision(bf16_spacing_at_1000, flushed_in_fp16) -> bool:
     thousand = torch.tensor(1000.0, dtype=torch.bfloat16)
     above = (thousand.view(torch.int16) + 1).view(torch.bfloat16)
     spacing = above.float().item() - thousand.float().item()
-    _require(name, math.isclose(float(bf16_spacing_at_1000), spacing, rel_tol=1e-9),
+    require(name, math.isclose(float(bf16_spacing_at_1000), spacing, rel_tol=1e-9),
              "bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 apart; which power "
              "of two is just below 1000?")
     zeros = {g for g in FP16_GRADIENTS if torch.tensor(g, dtype=torch.float32).half().item() == 0.0}
     given = flushed_in_fp16 if isinstance(flushed_in_fp16, (list, tuple, set)) else [flushed_in_fp16]
     answer = {float(g) for g in given}
-    _require(name, answer <= set(FP16_GRADIENTS),
+    require(name, answer <= set(FP16_GRADIENTS),
              f"list only numbers taken from FP16_GRADIENTS = {FP16_GRADIENTS}")
     passed(name, answer == zeros,
            "fp16's subnormals reach down to 2^-24 (torch.finfo(torch.float16).tiny is the smallest *normal* "
@@ -114,11 +108,11 @@ def check_global_batch(examples_per_step, batch_size, grad_accum_steps, processe
     if not_attempted(name, examples_per_step, batch_size, grad_accum_steps):
         return False
     seen = sum(per_process_batch for _process in range(processes) for _micro in range(accumulation))
-    _require(name, int(examples_per_step) == seen,
+    require(name, int(examples_per_step) == seen,
              "every process contributes its own micro-batches, and every micro-batch before the optimizer step counts")
     batch_size, grad_accum_steps = int(batch_size), int(grad_accum_steps)
     per_rank = _per_rank_examples(batch_size, processes) if batch_size > 0 else -1
-    _require(name, per_rank == per_process_batch,
+    require(name, per_rank == per_process_batch,
              "in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each rank takes batch_size / (number "
              "of processes) of it; choose it so that each rank holds the same micro-batch as in the DDP script")
     passed(name, batch_size * grad_accum_steps == seen,
