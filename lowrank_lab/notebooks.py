@@ -88,6 +88,7 @@ def execute(source: Path, scale: str = "cpu", timeout_s: int = 3600, out_dir: Pa
 
     commit = commit_of(source)
     notebook = nbformat.read(source, as_version=4)
+    digest = source_digest(notebook)  # before running: execution adds outputs, never changes a cell's source
     saved = {k: os.environ.get(k) for k in ("LOWRANK_LAB_SCALE", "LOWRANK_LAB_NO_PROGRESS", "LOWRANK_LAB_NO_WIDGETS")}
     os.environ.update(LOWRANK_LAB_SCALE=scale, LOWRANK_LAB_NO_PROGRESS="1", LOWRANK_LAB_NO_WIDGETS="1")
     start = time.perf_counter()
@@ -104,8 +105,7 @@ def execute(source: Path, scale: str = "cpu", timeout_s: int = 3600, out_dir: Pa
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notebook.cells.insert(0, nbformat.from_dict(header_cell(source, commit, scale, wall, when)))
     record = {"lesson": source.stem, "scale": scale, "commit": commit, "wall_time_s": round(wall, 1),
-              "cpu_count": os.cpu_count(), "executed_at": when, "source_sha256": source_digest(
-                  nbformat.read(source, as_version=4))}
+              "cpu_count": os.cpu_count(), "executed_at": when, "source_sha256": digest}
     notebook.metadata["lowrank_lab"] = record
     out_dir.mkdir(parents=True, exist_ok=True)
     files.write_text(out_dir / source.name, nbformat.writes(notebook) + "\n")
