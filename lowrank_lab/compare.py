@@ -466,7 +466,7 @@ def _lr_source(tune: bool, shared_lr: float | None, method: str, task_name: str,
     or the prior ``presets.LEARNING_RATES``."""
     if tune:
         return "tuned here"
-    if shared_lr is not None and method != "full":
+    if shared_lr is not None and method not in recipes.OPTIONLESS_METHODS:  # the methods fixed_lr shares it with
         return "shared"
     tuned = presets.tuned_rate(task_name, scale, method)
     return tuned[1] if tuned else "presets.LEARNING_RATES"
@@ -609,11 +609,11 @@ def _protocol_text(results: dict) -> str:
     if protocol == "shared_lr":
         return f"one shared learning rate {results['shared_lr']:g} for every adapter (full FT at its own)"
     sources = {s.get("lr_source") for s in (results.get("settings") or {}).values()}
-    files = sorted(x for x in sources if x and x.endswith(".json"))
-    if files and sources == set(files):
-        return f"each method at its default learning rate, selected by `compare --tune-lr` ({', '.join(files)})"
-    if files:
-        return f"each method at its default learning rate (tuned in {', '.join(files)} where listed there)"
+    studies = sorted(x for x in sources if x and x.endswith(".json"))  # results files that chose the rates
+    if studies and sources == set(studies):
+        return f"each method at its default learning rate, selected by `compare --tune-lr` ({', '.join(studies)})"
+    if studies:
+        return f"each method at its default learning rate (tuned in {', '.join(studies)} where listed there)"
     return "each method at its preset learning rate"
 
 
