@@ -50,6 +50,12 @@ LEARNING_RATES = {
 # results file that chose its rates and the command that wrote it; tests/test_presets.py checks that every
 # rate here equals that file's `tuning[method]["lr_selected"]`.
 TUNED_RATES = {
+    "trec": {
+        "results": "results/study-trec-minilm-cpu/results.json",
+        "command": "python -m lowrank_lab compare --task trec --scale cpu --seeds 5 --tune-lr --jobs 2 --out results/study-trec-minilm-cpu --quiet",
+        "lr": {"bat": 0.002, "bone": 0.002, "full": 0.0001, "gelora": 0.002, "lora": 0.005, "lora-pro": 0.002, "lora-pro-efficient": 0.005, "rslora": 0.001, "xgblora": 0.02},
+        "options": {"xgblora": {"blocks_per_round": 2, "steps_per_round": 16}},
+    },
 }
 
 
