@@ -352,6 +352,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
     p.add_argument("--write", action="store_true",
                    help="also rewrite FOLDER/table.md, FOLDER/reproduction.md and FOLDER/paired_differences.png")
+    p.add_argument("--readme", action="store_true",
+                   help="also rewrite the README's generated tables of FOLDER (between its markers)")
     p.add_argument("--tuned-rates", action="store_true",
                    help="only print the presets.TUNED_RATES entry of a --tune-lr study (its selected rates and knobs)")
     p.set_defaults(func=run_report)
@@ -377,6 +379,15 @@ def run_report(args) -> int:
     print(markdown(results), reproduction_markdown(results), sep="\n\n")
     if args.write:
         write_reports(args.folder, results)
+    if args.readme:
+        from lowrank_lab.compare import README, write_readme_sections
+
+        folder = args.folder.resolve()
+        try:
+            write_readme_sections([folder.relative_to(README.parent).as_posix()])
+        except ValueError as err:  # outside the repository, or the README has no markers for it
+            raise UsageError(str(err)) from None
+        print(f"rewrote the tables of {folder.relative_to(README.parent).as_posix()} in {README}")
     return 0
 
 

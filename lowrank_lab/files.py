@@ -69,6 +69,24 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"cannot read {path}: {err}") from None
 
 
+def replace_section(text: str, start: str, end: str, body: str, where: str = "the text") -> str:
+    """``text`` with whatever lies between the marker lines ``start`` and ``end`` replaced by ``body`` (the
+    generated parts of a README); a missing or repeated marker is a ``ValueError`` naming it and ``where``."""
+    for marker in (start, end):
+        if text.count(marker) != 1:
+            raise ValueError(f"{where} must hold the marker {marker!r} exactly once, found {text.count(marker)}")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def section(text: str, start: str, end: str) -> str | None:
+    """What lies between the marker lines ``start`` and ``end`` (without the newlines next to them), or None."""
+    if start not in text or end not in text.split(start, 1)[1]:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
 def finite_or_none(value):
     """``value`` if it is a finite number (or not a number at all), else ``None``: what strict JSON can hold."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -152,12 +152,8 @@ def runtime_table(timings: dict, sources: list[Path]) -> str:
 
 def write_runtime_table(readme: Path = LESSONS / "README.md", timings_path: Path = TIMINGS) -> str:
     """Replace the table between the README's markers with :func:`runtime_table`; return the new README."""
-    text = readme.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ValueError(f"{readme} lacks the runtime table markers {TABLE_START!r} ... {TABLE_END!r}")
     timings = files.read_json(timings_path) if timings_path.exists() else {}
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_START}\n{runtime_table(timings, lesson_sources(readme.parent))}\n{TABLE_END}{tail}"
+    new = files.replace_section(readme.read_text(), TABLE_START, TABLE_END,
+                                runtime_table(timings, lesson_sources(readme.parent)), str(readme))
     files.write_text(readme, new)
     return new

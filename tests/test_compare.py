@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lowrank_lab import cli
+from lowrank_lab import cli, files
 from lowrank_lab import compare as compare_module
 from lowrank_lab.compare import COMPARE_METHODS, compare, plan
 
@@ -180,3 +180,40 @@ def test_report_re_renders_the_tables_in_compare_order(tmp_path, monkeypatch, ca
     assert "**inconclusive**" in (out / "reproduction.md").read_text()  # recomputed, not the stale file
     assert (out / "paired_differences.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["report", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
+
+
+def test_readme_tables_are_rendered_from_the_committed_studies():
+    # every number in the README's result tables comes from a results.json (never typed): the generated
+    # sections equal what `report FOLDER --readme` renders from the committed files now
+    text = compare_module.README.read_text()
+    folders = compare_module.readme_folders(text)
+    assert "results/compare-sentiment-minilm-cpu" in folders
+    for folder in folders:
+        shown = files.section(text, *compare_module.readme_markers(folder))
+        assert shown == compare_module.readme_section(folder), \
+            f"README's tables of {folder} are stale: run python -m lowrank_lab report {folder} --readme"
+
+
+def test_report_readme_rewrites_only_between_its_markers(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
+    compare("sentiment", scale="smoke", seeds=2, out=tmp_path / "results" / "s", methods=("lora", "full"),
+            tune=True, show_progress=False)
+    readme = tmp_path / "README.md"
+    start, end = compare_module.readme_markers("results/s")
+    readme.write_text(f"intro\n{start}\nold table\n{end}\nafter\n")
+    text = compare_module.write_readme_sections(readme=readme)
+    assert text.startswith(f"intro\n{start}\n") and text.endswith(f"\n{end}\nafter\n") and "old table" not in text
+    assert "**0.005: 0.9000**" in text  # the selected rate, bold, with its validation accuracy
+    assert "| lora |" in text and "Compute: 13 runs" in text  # 5 + 6 grid points (lora, full), seed 1 of each
+    assert "](results/s/lr_sensitivity.png)" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="the tables of results/s go between the lines"):
+        compare_module.write_readme_sections(["results/s"], readme=readme)
+    assert readme.read_text() == "no markers\n"  # nothing written
+
+
+def test_replace_section_refuses_a_missing_or_repeated_marker():
+    assert files.replace_section("a\n<s>\nx\n<e>\nb", "<s>", "<e>", "y") == "a\n<s>\ny\n<e>\nb"
+    for text in ("a <s> b", "<s> <s> <e>"):
+        with pytest.raises(ValueError, match="exactly once"):
+            files.replace_section(text, "<s>", "<e>", "y", "README.md")
