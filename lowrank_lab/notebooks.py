@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -137,23 +138,41 @@ def check_copy(source: Path, copy: Path) -> list[str]:
     return problems
 
 
-def runtime_table(timings: dict, sources: list[Path]) -> str:
-    """The lessons README's runtime table: each lesson's measured wall time at the scale it ran at."""
-    lines = ["| lesson | measured wall time | scale | cores | commit | executed copy |", "|---|---|---|---|---|---|"]
+def github_repository(pyproject: Path = ROOT / "pyproject.toml") -> str | None:
+    """``OWNER/NAME`` of the GitHub repository that ``pyproject.toml`` names (``[project.urls]``, ``Repository =
+    "https://github.com/OWNER/NAME"``), or None while it names none: Colab opens notebooks by that address."""
+    match = re.search(r'^Repository\s*=\s*"https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?"', pyproject.read_text(),
+                      re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def colab_link(repository: str, path: str) -> str:
+    """The address at which Colab opens ``path`` (relative to the repository root) from the main branch."""
+    return f"https://colab.research.google.com/github/{repository}/blob/main/{path}"
+
+
+def runtime_table(timings: dict, sources: list[Path], repository: str | None = None) -> str:
+    """The lessons README's runtime table: each lesson's measured wall time at the scale it ran at, and (when
+    the repository's address is known) a link that opens it in Colab: its executed copy, outputs included."""
+    lines = ["| lesson | measured wall time | scale | cores | commit | executed copy | Colab |",
+             "|---|---|---|---|---|---|---|"]
     for source in sources:
         t = timings.get(source.stem)
+        path = f"lessons/executed/{source.name}" if t is not None else f"lessons/{source.name}"
+        colab = f"[open in Colab]({colab_link(repository, path)})" if repository else "—"
         if t is None:
-            lines.append(f"| {source.stem} | not measured yet | — | — | — | — |")
+            lines.append(f"| {source.stem} | not measured yet | — | — | — | — | {colab} |")
             continue
         lines.append(f"| {source.stem} | {t['wall_time_s'] / 60:.1f} min | {t['scale']} | {t['cpu_count']} | "
-                     f"`{t['commit'][:12]}` | [executed/{source.name}](executed/{source.name}) |")
+                     f"`{t['commit'][:12]}` | [executed/{source.name}](executed/{source.name}) | {colab} |")
     return "\n".join(lines)
 
 
-def write_runtime_table(readme: Path = LESSONS / "README.md", timings_path: Path = TIMINGS) -> str:
+def write_runtime_table(readme: Path = LESSONS / "README.md", timings_path: Path = TIMINGS,
+                        pyproject: Path = ROOT / "pyproject.toml") -> str:
     """Replace the table between the README's markers with :func:`runtime_table`; return the new README."""
     timings = files.read_json(timings_path) if timings_path.exists() else {}
-    new = files.replace_section(readme.read_text(), TABLE_START, TABLE_END,
-                                runtime_table(timings, lesson_sources(readme.parent)), str(readme))
+    table = runtime_table(timings, lesson_sources(readme.parent), github_repository(pyproject))
+    new = files.replace_section(readme.read_text(), TABLE_START, TABLE_END, table, str(readme))
     files.write_text(readme, new)
     return new

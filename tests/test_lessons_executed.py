@@ -48,9 +48,17 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     timings = tmp_path / "timings.json"
     timings.write_text(json.dumps({"00_a": {"wall_time_s": 90.0, "scale": "cpu", "cpu_count": 2,
                                             "commit": "abcdef1234567890"}}))
-    text = notebooks.write_runtime_table(readme, timings)
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n')
+    text = notebooks.write_runtime_table(readme, timings, pyproject)
     assert "| 00_a | 1.5 min | cpu | 2 | `abcdef123456` |" in text and "| 01_b | not measured yet |" in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    assert "colab" not in text  # no repository address: no link that could not open
+    pyproject.write_text('[project.urls]\nRepository = "https://github.com/someone/lowrank-lab"\n')
+    text = notebooks.write_runtime_table(readme, timings, pyproject)
+    colab = "https://colab.research.google.com/github/someone/lowrank-lab/blob/main/lessons/"
+    assert f"[open in Colab]({colab}executed/00_a.ipynb)" in text  # the executed copy, outputs included
+    assert f"[open in Colab]({colab}01_b.ipynb)" in text  # no copy yet: the lesson itself
 
 
 def test_select_names_lessons_by_number_and_refuses_unknown_ones():
@@ -61,7 +69,7 @@ def test_select_names_lessons_by_number_and_refuses_unknown_ones():
 
 def test_the_lessons_readme_shows_the_table_the_timings_give():
     timings = json.loads(notebooks.TIMINGS.read_text()) if notebooks.TIMINGS.exists() else {}
-    table = notebooks.runtime_table(timings, notebooks.lesson_sources())
+    table = notebooks.runtime_table(timings, notebooks.lesson_sources(), notebooks.github_repository())
     readme = (notebooks.LESSONS / "README.md").read_text()
     assert f"{notebooks.TABLE_START}\n{table}\n{notebooks.TABLE_END}" in readme, \
         "regenerate it: python -m lowrank_lab lessons --table"
