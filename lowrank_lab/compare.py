@@ -221,6 +221,7 @@ class RunPool:
         self.out, self.task_name, self.model_name, self.scale = out, task_name, model_name, scale
         self.planned, self.show_progress, self.jobs = planned, show_progress, jobs
         self.done: dict[RunKey, dict] = {}
+        self.trained = 0  # runs this pool trained (the rest were reused from the folder)
 
     def spec(self, key: RunKey) -> dict:
         options = recipes.MethodOptions(r=self.planned[key.method]["r"], extra=dict(key.extra))
@@ -241,6 +242,7 @@ class RunPool:
             if why != "not run yet":
                 print(f"{key.folder}: re-running: {why}")
             threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
+            self.trained += 1
             output = _train_in_subprocess(key.method, self.task_name, self.model_name, self.scale, key.seed,
                                           self.planned[key.method]["r"], run_dir, self.show_progress,
                                           lr=key.lr, extra=dict(key.extra), threads=threads)
@@ -455,6 +457,7 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
         "table": experiment.aggregate(summaries, methods=methods),
         "test_table": experiment.aggregate(summaries, key="test_metric_value", methods=methods),
         "runs": summaries, "failed": failed, "wall_time_s": time.perf_counter() - start,
+        "runs_trained": pool.trained, "runs_reused": len(pool.done) - pool.trained, "cpu_count": os.cpu_count(),
     }
     results["reproduction"] = reproduction_rows(results)
     write_outputs(out, results, histories)
@@ -753,9 +756,12 @@ def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     parts = [markdown(results)]
     if results.get("tuning"):
         parts.append(tuning_markdown(results))
-    parts += [reproduction_markdown(results),
-              f"Compute: {runs} runs, {seconds / 3600:.1f} h of run time in all (each run's wall time summed; "
-              f"{results.get('jobs', 1)} ran at a time)."]
+    compute = (f"Compute: {runs} runs, {seconds / 3600:.1f} h of run time in all (each run's wall time summed; "
+               f"{results.get('jobs', 1)} ran at a time).")
+    if results.get("runs_trained") and not results.get("runs_reused"):  # one invocation did all of it
+        compute += (f" This command, from start to finish with every run trained by it: "
+                    f"{results['wall_time_s'] / 60:.1f} min on {results['cpu_count']} CPU cores.")
+    parts += [reproduction_markdown(results), compute]
     figures = [(name, caption) for name, caption in (("lr_sensitivity.png", "validation metric against learning rate"),
                                                     ("paired_differences.png", "paired differences with 95% CIs"))
                if (root / folder / name).exists()]

@@ -25,8 +25,13 @@ def test_every_method_at_smoke_writes_every_artifact_and_resumes(tmp_path, compa
             assert saved["budget"] / 2 <= saved["table"][method]["trainable_params"] <= 2 * saved["budget"], method
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
     assert len(stamps) == len(COMPARE_METHODS)
-    compare("sentiment", scale="smoke", seeds=1, out=out, show_progress=False)
+    assert (results["runs_trained"], results["runs_reused"]) == (len(COMPARE_METHODS), 0)
+    # a command's elapsed time is shown only when that command trained every run itself
+    assert "from start to finish" in compare_module.readme_section("cmp", tmp_path)
+    again = compare("sentiment", scale="smoke", seeds=1, out=out, show_progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}  # nothing re-ran
+    assert (again["runs_trained"], again["runs_reused"]) == (0, len(COMPARE_METHODS))
+    assert "from start to finish" not in compare_module.readme_section("cmp", tmp_path)
 
 
 def test_each_run_is_its_own_process(tmp_path):
