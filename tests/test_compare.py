@@ -222,3 +222,14 @@ def test_replace_section_refuses_a_missing_or_repeated_marker():
     for text in ("a <s> b", "<s> <s> <e>"):
         with pytest.raises(ValueError, match="exactly once"):
             files.replace_section(text, "<s>", "<e>", "y", "README.md")
+
+
+def test_the_committed_main_job_repeats_the_studys_seed_0_runs():
+    # the README says so: the main job runs each method at the rate the trec study selected, seed 0
+    main, study = (compare_module.committed_results(n) for n in ("main-job-trec-minilm-cpu", "study-trec-minilm-cpu"))
+    if main is None or study is None:
+        pytest.skip("the committed studies are not in this checkout")
+    for run in main["runs"]:
+        twin = next(r for r in study["runs"] if r["method"] == run["method"] and r["seed"] == 0)
+        assert (run["metric_value"], run["test_metric_value"]) == (twin["metric_value"], twin["test_metric_value"]), \
+            run["method"]
