@@ -382,12 +382,12 @@ def run_report(args) -> int:
     if args.readme:
         from lowrank_lab.compare import README, write_readme_sections
 
-        folder = args.folder.resolve()
         try:
-            write_readme_sections([folder.relative_to(README.parent).as_posix()])
+            folder = args.folder.resolve().relative_to(README.parent).as_posix()
+            write_readme_sections([folder])
         except ValueError as err:  # outside the repository, or the README has no markers for it
             raise UsageError(str(err)) from None
-        print(f"rewrote the tables of {folder.relative_to(README.parent).as_posix()} in {README}")
+        print(f"rewrote the tables of {folder} in {README}")
     return 0
 
 

@@ -221,7 +221,7 @@ class RunPool:
         self.out, self.task_name, self.model_name, self.scale = out, task_name, model_name, scale
         self.planned, self.show_progress, self.jobs = planned, show_progress, jobs
         self.done: dict[RunKey, dict] = {}
-        self.trained = 0  # runs this pool trained (the rest were reused from the folder)
+        self.trained: set[RunKey] = set()  # the runs this pool trained (the rest were reused from the folder)
 
     def spec(self, key: RunKey) -> dict:
         options = recipes.MethodOptions(r=self.planned[key.method]["r"], extra=dict(key.extra))
@@ -242,7 +242,7 @@ class RunPool:
             if why != "not run yet":
                 print(f"{key.folder}: re-running: {why}")
             threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
-            self.trained += 1
+            self.trained.add(key)  # a set: the worker threads may add at once
             output = _train_in_subprocess(key.method, self.task_name, self.model_name, self.scale, key.seed,
                                           self.planned[key.method]["r"], run_dir, self.show_progress,
                                           lr=key.lr, extra=dict(key.extra), threads=threads)
@@ -457,7 +457,7 @@ def compare(task_name: str, model_name: str | None = None, scale: str = "smoke",
         "table": experiment.aggregate(summaries, methods=methods),
         "test_table": experiment.aggregate(summaries, key="test_metric_value", methods=methods),
         "runs": summaries, "failed": failed, "wall_time_s": time.perf_counter() - start,
-        "runs_trained": pool.trained, "runs_reused": len(pool.done) - pool.trained, "cpu_count": os.cpu_count(),
+        "runs_trained": len(pool.trained), "runs_reused": len(pool.done) - len(pool.trained), "cpu_count": os.cpu_count(),
     }
     results["reproduction"] = reproduction_rows(results)
     write_outputs(out, results, histories)

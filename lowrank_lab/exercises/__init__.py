@@ -35,3 +35,16 @@ def require(name: str, condition: bool, hint: str) -> None:
     ``condition`` holds; print nothing."""
     if not condition:
         raise ExerciseError(f"{name}: not yet. {hint}")
+
+
+def matrix_answer(name: str, answer, shape: tuple, hint: str):
+    """The answer as a float64 torch tensor of ``shape``; the hint (raised as :func:`require` does) when it
+    cannot be read as a number array or has another shape."""
+    import torch  # only the checks that take matrices need it
+
+    try:
+        value = torch.as_tensor(answer, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        value = None
+    require(name, value is not None and tuple(value.shape) == tuple(shape), hint)
+    return value

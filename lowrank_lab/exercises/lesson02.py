@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from . import not_attempted, passed, require
+from . import matrix_answer, not_attempted, passed
 
 
 def _matrix_answer(name: str, answer, shape: tuple, what: str) -> torch.Tensor:
     """The answer as a float64 tensor of ``shape``, or the hint naming the shape it must have."""
-    try:
-        value = torch.as_tensor(answer, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        value = None
-    require(name, value is not None and tuple(value.shape) == tuple(shape),
-            f"the answer must be {what}, shape {tuple(shape)}")
-    return value
+    return matrix_answer(name, answer, shape, f"the answer must be {what}, shape {tuple(shape)}")
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import not_attempted, passed, require
+from . import matrix_answer, not_attempted, passed, require
 
 
 def check_merged_ranks(answer, r: int, m: int, n: int, max_picks: int) -> bool:
@@ -25,7 +25,7 @@ def check_merged_ranks(answer, r: int, m: int, n: int, max_picks: int) -> bool:
     except (TypeError, ValueError):
         values = None
     require(name, values is not None and len(values) == max_picks,
-           f"give a list of {max_picks} integers, one per number of picks p = 1..{max_picks}")
+            f"give a list of {max_picks} integers, one per number of picks p = 1..{max_picks}")
     gen = torch.Generator().manual_seed(0)
     reference, delta = [], torch.zeros(m, n, dtype=torch.float64)
     for _ in range(max_picks):
@@ -71,7 +71,7 @@ def check_rounds_and_trained(rounds, trained_per_step, T: int, kappa: int, n_blo
     model = inject(_Blocks(n_blocks, shapes), LoRAConfig(r=r, alpha=2 * r, target_modules=tuple(shapes)))
     schedule = XGBLoRA(model, total_steps=T, steps_per_round=kappa, blocks_per_round=blocks_per_round, seed=0)
     require(name, int(rounds) == schedule.n_rounds,
-           "the number of rounds is wrong: how many rounds of kappa steps fit in T steps, counting a last, shorter one?")
+            "the number of rounds is wrong: how many rounds of kappa steps fit in T steps, counting a last, shorter one?")
     return passed(name, int(trained_per_step) == schedule.active_parameter_count(),
                   "the trained numbers per step are wrong: count the entries of A (r x in) and B (out x r) of every "
                   "projection in one block, then multiply by the blocks active in a round (not all blocks)")
@@ -87,11 +87,7 @@ def check_boosting(F, M, R: int) -> bool:
     if not_attempted(name, F):
         return False
     M = torch.as_tensor(M, dtype=torch.float64)
-    try:
-        value = torch.as_tensor(F, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        value = None
-    require(name, value is not None and value.shape == M.shape, f"F must be a matrix of M's shape {tuple(M.shape)}")
+    value = matrix_answer(name, F, M.shape, f"F must be a matrix of M's shape {tuple(M.shape)}")
     _, vectors = torch.linalg.eigh(M.T @ M)           # ascending eigenvalues
     top = vectors[:, -R:] if R > 0 else vectors[:, :0]
     reference = M @ top @ top.T

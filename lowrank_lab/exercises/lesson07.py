@@ -55,8 +55,8 @@ def check_memory_bytes(full_bytes, lora_bytes, layers: dict = SMOLLM2_BLOCK, r: 
         return False
     full_ref, lora_ref = _training_bytes(layers, None), _training_bytes(layers, r)
     require(name, int(full_bytes) == full_ref,
-             "full fine-tuning: every number of every weight is trained; count 4 bytes for it, 4 for its gradient "
-             "and 8 for its two Adam moments (m x n numbers per layer, not m + n)")
+            "full fine-tuning: every number of every weight is trained; count 4 bytes for it, 4 for its gradient "
+            "and 8 for its two Adam moments (m x n numbers per layer, not m + n)")
     passed(name, int(lora_bytes) == lora_ref,
            "LoRA: the frozen weights still take 4 bytes per number; only the factors A (r x n) and B (m x r) "
            "have gradients and Adam moments, and the factors are parameters too (4 bytes each)")
@@ -74,13 +74,13 @@ def check_low_precision(bf16_spacing_at_1000, flushed_in_fp16) -> bool:
     above = (thousand.view(torch.int16) + 1).view(torch.bfloat16)
     spacing = above.float().item() - thousand.float().item()
     require(name, math.isclose(float(bf16_spacing_at_1000), spacing, rel_tol=1e-9),
-             "bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 apart; which power "
-             "of two is just below 1000?")
+            "bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 apart; which power "
+            "of two is just below 1000?")
     zeros = {g for g in FP16_GRADIENTS if torch.tensor(g, dtype=torch.float32).half().item() == 0.0}
     given = flushed_in_fp16 if isinstance(flushed_in_fp16, (list, tuple, set)) else [flushed_in_fp16]
     answer = {float(g) for g in given}
     require(name, answer <= set(FP16_GRADIENTS),
-             f"list only numbers taken from FP16_GRADIENTS = {FP16_GRADIENTS}")
+            f"list only numbers taken from FP16_GRADIENTS = {FP16_GRADIENTS}")
     passed(name, answer == zeros,
            "fp16's subnormals reach down to 2^-24 (torch.finfo(torch.float16).tiny is the smallest *normal* "
            "number); round-to-nearest sends a number to 0 only when it is closer to 0 than to 2^-24")
@@ -109,12 +109,12 @@ def check_global_batch(examples_per_step, batch_size, grad_accum_steps, processe
         return False
     seen = sum(per_process_batch for _process in range(processes) for _micro in range(accumulation))
     require(name, int(examples_per_step) == seen,
-             "every process contributes its own micro-batches, and every micro-batch before the optimizer step counts")
+            "every process contributes its own micro-batches, and every micro-batch before the optimizer step counts")
     batch_size, grad_accum_steps = int(batch_size), int(grad_accum_steps)
     per_rank = _per_rank_examples(batch_size, processes) if batch_size > 0 else -1
     require(name, per_rank == per_process_batch,
-             "in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each rank takes batch_size / (number "
-             "of processes) of it; choose it so that each rank holds the same micro-batch as in the DDP script")
+            "in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each rank takes batch_size / (number "
+            "of processes) of it; choose it so that each rank holds the same micro-batch as in the DDP script")
     passed(name, batch_size * grad_accum_steps == seen,
            "with the per-rank micro-batch right, the accumulation count must give the same examples per step")
     return True
