@@ -1,7 +1,8 @@
 """Executed copies of the lessons, generated from the committed sources, and the runtime table made from them.
 
 ``python -m lowrank_lab lessons --execute [NN ...]`` runs each lesson (default: all) at ``--scale`` (cpu) in a
-fresh kernel and writes ``lessons/executed/<lesson>.ipynb``: the source's cells with their outputs, after one
+fresh kernel, with an empty runs folder (``$LOWRANK_LAB_RUNS``: nothing an earlier run left is reused, so the time
+is a first run's), and writes ``lessons/executed/<lesson>.ipynb``: the source's cells with their outputs, after one
 added first cell that names the source, the commit and the scale it ran at. A lesson with uncommitted changes
 is refused, so the commit named is the source that ran. Progress bars and widgets are off (a bar saved in a
 static notebook shows a frozen "0%"). Each copy's measured wall time goes to ``lessons/executed/timings.json``,
@@ -19,10 +20,12 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from lowrank_lab import files
+from lowrank_lab.runtime import RUNS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "lessons"
@@ -90,12 +93,15 @@ def execute(source: Path, scale: str = "cpu", timeout_s: int = 3600, out_dir: Pa
     commit = commit_of(source)
     notebook = nbformat.read(source, as_version=4)
     digest = source_digest(notebook)  # before running: execution adds outputs, never changes a cell's source
-    saved = {k: os.environ.get(k) for k in ("LOWRANK_LAB_SCALE", "LOWRANK_LAB_NO_PROGRESS", "LOWRANK_LAB_NO_WIDGETS")}
-    os.environ.update(LOWRANK_LAB_SCALE=scale, LOWRANK_LAB_NO_PROGRESS="1", LOWRANK_LAB_NO_WIDGETS="1")
+    names = ("LOWRANK_LAB_SCALE", "LOWRANK_LAB_NO_PROGRESS", "LOWRANK_LAB_NO_WIDGETS", RUNS_ENV)
+    saved = {k: os.environ.get(k) for k in names}
     start = time.perf_counter()
     try:  # the kernel inherits this environment
-        NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
-                       resources={"metadata": {"path": str(source.parent)}}).execute()
+        with tempfile.TemporaryDirectory(prefix="lowrank-lab-runs-") as empty_runs:
+            os.environ.update(LOWRANK_LAB_SCALE=scale, LOWRANK_LAB_NO_PROGRESS="1", LOWRANK_LAB_NO_WIDGETS="1",
+                              **{RUNS_ENV: empty_runs})
+            NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                           resources={"metadata": {"path": str(source.parent)}}).execute()
     finally:
         for key, value in saved.items():
             if value is None:

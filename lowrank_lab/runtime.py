@@ -25,6 +25,7 @@ import torch
 SCALES = ("smoke", "cpu", "full")
 SCALE_ENV = "LOWRANK_LAB_SCALE"
 CACHE_ENV = "LOWRANK_LAB_CACHE"
+RUNS_ENV = "LOWRANK_LAB_RUNS"
 
 
 def get_scale(override: str | None = None) -> str:
@@ -69,8 +70,9 @@ def cache_dir() -> Path:
 
 
 def runs_dir(*parts: str) -> Path:
-    """A folder under ``runs/`` (gitignored): the only place lessons write."""
-    path = Path("runs").joinpath(*parts)
+    """A folder under ``runs/`` (gitignored), or under ``$LOWRANK_LAB_RUNS`` when set: the only place lessons write.
+    ``lessons --execute`` points it at an empty folder, so an executed copy never reuses an earlier run."""
+    path = Path(os.environ.get(RUNS_ENV) or "runs").joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

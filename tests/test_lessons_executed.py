@@ -2,6 +2,7 @@
 the runtime table work on a tiny notebook executed here."""
 
 import json
+import os
 
 import pytest
 
@@ -38,6 +39,23 @@ def test_an_executed_copy_names_its_run_and_catches_drift(tmp_path, monkeypatch)
     assert "cells differ from 09_tiny.ipynb from cell 1 on" in notebooks.check_copy(source, copy)[0]
     timings = json.loads((tmp_path / "executed" / "timings.json").read_text())
     assert timings["09_tiny"]["wall_time_s"] == record["wall_time_s"]
+
+
+def test_an_executed_copy_starts_from_an_empty_runs_folder(tmp_path, monkeypatch):
+    # A run left in runs/ by an earlier execution would be reused and make the measured time a rerun's.
+    (tmp_path / "runs" / "09_tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "09_tiny" / "earlier.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOWRANK_LAB_RUNS", raising=False)
+    source = tmp_path / "09_tiny.ipynb"
+    source.write_text(json.dumps(_notebook("import lowrank_lab as lrl\nfolder = lrl.runs_dir('09_tiny')\n"
+                                           "print(sorted(p.name for p in folder.iterdir()), folder.is_absolute())")))
+    monkeypatch.setattr(notebooks, "commit_of", lambda path: "0123456789abcdef")
+    notebooks.execute(source, "smoke", timeout_s=120, out_dir=tmp_path / "executed")
+    executed = json.loads((tmp_path / "executed" / source.name).read_text())
+    assert "".join(executed["cells"][1]["outputs"][0]["text"]).strip() == "[] True"
+    assert "LOWRANK_LAB_RUNS" not in os.environ  # restored afterwards
+    assert (tmp_path / "runs" / "09_tiny" / "earlier.json").exists()  # the student's own runs are untouched
 
 
 def test_the_runtime_table_comes_from_the_timings(tmp_path):
