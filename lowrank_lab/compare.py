@@ -483,8 +483,7 @@ def method_order(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     metric = results["metric"] + ("" if results["higher_is_better"] else ", lower is better")
-    tests = results.get("test_table") or experiment.aggregate(results["runs"], key="test_metric_value",
-                                                              methods=list(results["table"]))
+    tests = test_table(results)
     lines = [f"{results['task']} · {results['model']} · scale {results['scale']} · {results['seeds']} seed(s) · "
              f"budget: LoRA r={results['r']} = {results['budget']:,} trainable parameters · protocol: "
              f"{_protocol_text(results)}",
@@ -539,7 +538,9 @@ REPRODUCTION_CLAIMS = (
 )
 
 
-def _per_seed(results: dict, method: str, key: str) -> dict[int, float]:
+def seed_values(results: dict, method: str, key: str = "test_metric_value") -> dict[int, float]:
+    """{seed: value} of ``method``'s finished runs in a study (in a tuned study, the selected rate's runs only):
+    what a paired verdict pairs."""
     return {run["seed"]: run[key] for run in results["runs"]
             if run["method"] == method and run.get("status", "ok") == "ok" and run.get(key) is not None}
 
@@ -558,7 +559,7 @@ def reproduction_rows(results: dict) -> list[dict]:
             key, key_higher, unit = "median_step_time_s", False, "s/step"
         else:
             key, key_higher, unit = "test_metric_value", higher, f"test {results['metric']}"
-        ours, base = _per_seed(results, claim["method"], key), _per_seed(results, claim["baseline"], key)
+        ours, base = seed_values(results, claim["method"], key), seed_values(results, claim["baseline"], key)
         threshold = -claim.get("tolerance", 0.0)  # "matches": not worse by more than the tolerance
         paired = stats.paired_difference(ours, base, key_higher, threshold)
         if paired["n"] == 0:
@@ -576,7 +577,7 @@ def reproduction_rows(results: dict) -> list[dict]:
             if claim["kind"] == "fewer_params":
                 measured += (f"; trainable {results['table'][claim['method']]['trainable_params']:,} vs "
                              f"{results['table'][claim['baseline']]['trainable_params']:,}")
-            target = _per_seed(results, claim.get("gap_to", ""), key) if claim.get("gap_to") else {}
+            target = seed_values(results, claim.get("gap_to", ""), key) if claim.get("gap_to") else {}
             if target:
                 from lowrank_lab.experiment import gap_closed
 
@@ -694,6 +695,47 @@ def committed_results(name: str) -> dict | None:
     there but unreadable raises, naming it."""
     path = RESULTS_DIR / name / "results.json"
     return files.read_json(path) if path.exists() else None
+
+
+SENTIMENT_STUDIES = ("study-sentiment-minilm-cpu", "compare-sentiment-minilm-cpu")  # newest first (lessons 01-05)
+
+
+def first_committed_study(names, methods=()) -> tuple[str, dict] | None:
+    """The first of the committed studies ``names`` (newest first) that ran every one of ``methods``, as
+    (name, results); None when this checkout has none of them."""
+    for name in names:
+        results = committed_results(name)
+        if results is not None and all(m in results["table"] for m in methods):
+            return name, results
+    return None
+
+
+def multi_seed_evidence(methods, own_runs: list[dict], use_committed: bool = True, names=SENTIMENT_STUDIES):
+    """What a lesson's paired verdicts on ``methods`` rest on: the first committed study in ``names`` that ran
+    them all (when ``use_committed``), else the lesson's own run summaries ``own_runs``. Returns
+    ({method: {seed: test value}}, {method: test-table row}, a line naming the source). Test, because a study
+    chose its rates on validation and reports on test, as README and lesson 06 do."""
+    methods = list(methods)
+    found = first_committed_study(names, methods) if use_committed else None
+    if found is None:
+        own = {"runs": own_runs}
+        seeds = sorted({run["seed"] for run in own_runs})
+        source = f"this notebook's runs (seeds {seeds})" + ("; no committed study in this checkout" if use_committed else "")
+        return ({m: seed_values(own, m) for m in methods},
+                experiment.aggregate(own_runs, key="test_metric_value", methods=methods), source)
+    name, study = found
+    first = next(run for run in study["runs"] if run["method"] == methods[0])
+    source = (f"committed study results/{name}/ ({study['seeds']} seeds, {first['steps']} steps on {first['n_train']} "
+              f"rows per run, test {study['metric']}; `{study['command']}`)")
+    table = test_table(study)
+    return {m: seed_values(study, m) for m in methods}, {m: table[m] for m in methods}, source
+
+
+def test_table(results: dict) -> dict:
+    """A study's test metric per method (mean ± std over seeds), the split its verdicts are reported on (the
+    validation ``table`` selected the rates). Studies that predate ``test_table`` have it aggregated from their runs."""
+    return results.get("test_table") or experiment.aggregate(results["runs"], key="test_metric_value",
+                                                             methods=list(results["table"]))
 
 
 def tuning_markdown(results: dict) -> str:

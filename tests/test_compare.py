@@ -233,3 +233,29 @@ def test_the_committed_main_job_repeats_the_studys_seed_0_runs():
         twin = next(r for r in study["runs"] if r["method"] == run["method"] and r["seed"] == 0)
         assert (run["metric_value"], run["test_metric_value"]) == (twin["metric_value"], twin["test_metric_value"]), \
             run["method"]
+
+
+def test_lessons_pair_the_studys_test_values_and_fall_back_to_their_own_runs(tmp_path, monkeypatch):
+    def run(method, seed, val, test, status="ok"):
+        return {"method": method, "seed": seed, "metric_value": val, "test_metric_value": test, "status": status,
+                "steps": 512, "n_train": 100, "trainable_params": 10, "total_params": 100,
+                "median_step_time_s": 0.1, "peak_memory_mb": 1.0}
+    runs = [run("lora", 0, 0.80, 0.70), run("lora", 1, 0.81, 0.71), run("bone", 0, 0.90, 0.60),
+            run("bone", 1, 0.91, 0.61), run("bone", 2, None, None, status="diverged")]
+    study = {"table": {"lora": {}, "bone": {}}, "runs": runs, "seeds": 2, "metric": "accuracy",
+             "command": "python -m lowrank_lab compare ..."}
+    (tmp_path / "newer").mkdir()
+    files.write_json(tmp_path / "newer" / "results.json", study)
+    monkeypatch.setattr(compare_module, "RESULTS_DIR", tmp_path)
+
+    values, table, source = compare_module.multi_seed_evidence(["bone", "lora"], [], names=("missing", "newer"))
+    assert values == {"bone": {0: 0.60, 1: 0.61}, "lora": {0: 0.70, 1: 0.71}}  # test, and the diverged run left out
+    assert table["bone"]["mean"] == pytest.approx(0.605) and table["bone"]["diverged"] == 1
+    assert source.startswith("committed study results/newer/")
+    # a study without one of the methods is passed over; the lesson's own runs stand in, on test as well
+    own = [run("gelora", 0, 0.99, 0.55), run("lora", 0, 0.98, 0.50)]
+    values, table, source = compare_module.multi_seed_evidence(["gelora", "lora"], own, names=("newer",))
+    assert values == {"gelora": {0: 0.55}, "lora": {0: 0.50}} and table["lora"]["mean"] == 0.50
+    assert "this notebook's runs (seeds [0])" in source and "no committed study" in source
+    values, _, source = compare_module.multi_seed_evidence(["bone", "lora"], own, use_committed=False, names=("newer",))
+    assert values == {"bone": {}, "lora": {0: 0.50}} and "no committed study" not in source
