@@ -96,6 +96,14 @@ def verdict(ci95: list[float] | None, threshold: float = 0.0) -> str:
     return "inconclusive"
 
 
+def ci_text(paired: dict, digits: int = 4) -> str:
+    """A :func:`paired_difference`'s 95% CI as "[low, high]" (signed), or why it has none."""
+    if paired["ci95"] is None:
+        return "none (< 2 seeds)"
+    low, high = paired["ci95"]
+    return f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
 def paired_difference(method: dict[int, float], baseline: dict[int, float], higher_is_better: bool = True,
                       threshold: float = 0.0) -> dict:
     """Seed -> value for the method and its baseline; the statistics of d_s = method − baseline over the seeds

@@ -53,5 +53,7 @@ def test_three_way_verdict(ci, threshold, expected):
 def test_one_seed_has_no_interval():
     out = stats.paired_difference({0: 0.9}, {0: 0.5})
     assert out["ci95"] is None and out["detectable"] is None and out["verdict"] == "inconclusive"
+    assert stats.ci_text(out) == "none (< 2 seeds)"
+    assert stats.ci_text(stats.paired_difference({0: 0.9, 1: 0.8}, {0: 0.5, 1: 0.5})) == "[-0.2853, +0.9853]"
     with pytest.raises(ValueError, match="p must be in"):
         stats.t_quantile(1.0, 3)
