@@ -567,10 +567,9 @@ def reproduction_rows(results: dict) -> list[dict]:
         else:
             mean_ours, mean_base = (sum(ours[s] for s in paired["seeds"]) / paired["n"],
                                     sum(base[s] for s in paired["seeds"]) / paired["n"])
-            ci = paired["ci95"]
             measured = (f"{unit} {mean_ours:.4f} vs {mean_base:.4f} ({claim['baseline']}); paired difference "
-                        f"{paired['mean']:+.4f}" + (f", 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], detectable "
-                                                     f"±{paired['detectable']:.4f}" if ci else ", no CI (1 seed)")
+                        f"{paired['mean']:+.4f}" + (f", 95% CI {stats.ci_text(paired)}, detectable "
+                                                     f"±{paired['detectable']:.4f}" if paired["ci95"] else ", no CI (1 seed)")
                         + f"; n={paired['n']}")
             if claim["kind"] == "matches":
                 measured += f"; claim holds if the difference is > -{claim['tolerance']}"

@@ -97,7 +97,8 @@ def verdict(ci95: list[float] | None, threshold: float = 0.0) -> str:
 
 
 def ci_text(paired: dict, digits: int = 4) -> str:
-    """A :func:`paired_difference`'s 95% CI as "[low, high]" (signed), or why it has none."""
+    """The 95% CI of a :func:`paired_difference` (or of a reproduction row) as "[low, high]" (signed), or why
+    it has none."""
     if paired["ci95"] is None:
         return "none (< 2 seeds)"
     low, high = paired["ci95"]
