@@ -35,6 +35,7 @@ from torch import nn
 from .adapters import adapter_layers, adapter_state_dict, get_config, install, plan_injection
 from .files import atomic_write, read_json, write_json
 from .layers import CONFIG_CLASSES
+from .registry import PEFT_EXPORTERS as _PEFT_EXPORTERS, discover as _discover
 from .runtime import lab_version
 from .layers.base import AdapterConfig, AdapterLayer, check_positive_float, check_positive_int, module_matches
 
@@ -50,30 +51,35 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
     atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
 
 
-def _refuse_unfinished_schedule(model: nn.Module, action: str) -> None:
-    """XGBLoRA merges finished boosters into the frozen weights and resets them (B = 0): until ``to_lora``
-    gathers the record back into LoRA layers, the adapter alone is not what was trained."""
-    from .methods.xgblora import SCHEDULE_ATTR  # not at module level: lowrank_lab.methods imports more of the package
+# A schedule-style method (XGBLoRA) that merges rounds into the frozen weights attaches itself to the model under
+# this attribute; io asks it, knowing no method by name.
+SCHEDULE_ATTR = "lowrank_lab_schedule"
 
+
+def _refuse_unfinished_schedule(model: nn.Module, action: str) -> None:
+    """A schedule that merges finished rounds into the frozen weights and resets its adapters (XGBLoRA): until it
+    gathers the record back into adapter layers, the adapter alone is not what was trained."""
     schedule = getattr(model, SCHEDULE_ATTR, None)
     if schedule is not None and not schedule.finished:
         raise ValueError(
-            f"{action}: the model carries an unfinished XGBLoRA schedule; its adapter layers hold only the current "
-            "boosters and the merged rounds live in the frozen weights. Call XGBLoRA.of(model).to_lora() first"
+            f"{action}: the model carries an unfinished {type(schedule).__name__} schedule; its adapter layers hold only "
+            f"the current boosters and the merged rounds live in the frozen weights. Call "
+            f"{type(schedule).__name__}.of(model).to_lora() first"
         )
 
 
 def layer_record(layer: AdapterLayer) -> dict[str, Any]:
-    """What defines an adapted layer beyond its tensors: in/out features, and its rank and scaling if it has them."""
+    """What defines an adapted layer beyond its tensors: in/out features, and the layer kind's own
+    ``record_fields`` (rank and scaling by default) where it has them."""
     record = {"in_features": layer.in_features, "out_features": layer.out_features}
-    for key in ("r", "scaling"):
+    for key in getattr(layer, "record_fields", ("r", "scaling")):
         if getattr(layer, key, None) is not None:
             record[key] = getattr(layer, key)
     return record
 
 
 def _describe(record: dict[str, Any]) -> str:
-    extra = "".join(f", {key}={record[key]!r}" for key in ("r", "scaling") if key in record)
+    extra = "".join(f", {key}={value!r}" for key, value in record.items() if key not in ("in_features", "out_features"))
     return f"Linear(in={record['in_features']}, out={record['out_features']}){extra}"
 
 
@@ -139,6 +145,7 @@ def _read_config(path: Path) -> tuple[AdapterConfig, dict[str, dict[str, Any]]]:
         if key not in meta:
             raise ValueError(f"corrupt adapter config {path}: missing key {key!r}")
     method, config_dict = meta["method"], meta["config"]
+    _discover()  # a method's config class is registered when its module is imported
     if not isinstance(method, str) or method not in CONFIG_CLASSES:
         raise ValueError(f"adapter method must be one of {sorted(CONFIG_CLASSES)}, got {method!r} in {path}")
     if not isinstance(config_dict, dict):
@@ -253,7 +260,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------
 # HF PEFT export. Each method registers how its config and tensor names map to PEFT's.
 # ---------------------------------------------------------------------------------------------------
-PEFT_EXPORTERS: dict[str, Callable[[nn.Module, AdapterConfig], tuple[dict, dict[str, torch.Tensor]]]] = {}
+# config method name -> fn(model, config) -> (PEFT config dict, tensors): the registry's table (register_method's
+# ``peft_exporter``).
+PEFT_EXPORTERS: dict[str, Callable[[nn.Module, AdapterConfig], tuple[dict, dict[str, torch.Tensor]]]] = _PEFT_EXPORTERS
 
 
 def _peft_task_type(model: nn.Module) -> str | None:
@@ -265,51 +274,16 @@ def _peft_task_type(model: nn.Module) -> str | None:
     return None
 
 
-def _lora_to_peft(model: nn.Module, config: AdapterConfig) -> tuple[dict, dict[str, torch.Tensor]]:
-    layers = adapter_layers(model)
-    peft_config = {
-        "peft_type": "LORA",
-        "r": config.r,
-        "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout,
-        "use_rslora": config.use_rslora,
-        "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
-        # per-module ranks spelled out by full path, so PEFT's pattern lookup cannot pick a wrong key
-        "rank_pattern": {name: layer.r for name, layer in layers.items() if layer.r != config.r},
-        # PEFT's scale is alpha_pattern.get(path, lora_alpha) / r (or / sqrt(r)): each layer's own alpha back
-        "alpha_pattern": {name: alpha for name, layer in layers.items()
-                          if (alpha := layer.scaling * (math.sqrt(layer.r) if config.use_rslora else layer.r))
-                          != config.alpha},
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-    }
-    tensors = {}
-    for name, layer in layers.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A
-        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B
-    return peft_config, tensors
+def __getattr__(name: str):  # the exporters moved to their methods' files
+    if name == "_lora_to_peft":
+        from .layers.lora import lora_to_peft
 
+        return lora_to_peft
+    if name == "_miss_to_peft":
+        from .layers.bone import miss_to_peft
 
-PEFT_EXPORTERS["lora"] = _lora_to_peft
-
-
-def _miss_to_peft(model: nn.Module, config: AdapterConfig) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Bone -> PEFT ``MissConfig(init_weights=True)``, Bat -> ``init_weights="bat"``; same tensor layout."""
-    peft_config = {
-        "peft_type": "MISS",
-        "r": config.r,
-        "miss_dropout": config.dropout,
-        "mini_r": 1,
-        "init_weights": True if config.variant == "bone" else "bat",
-        "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
-        "bias": "none",
-    }
-    tensors = {f"base_model.model.{name}.miss_block": layer.bone_block for name, layer in adapter_layers(model).items()}
-    return peft_config, tensors
-
-
-PEFT_EXPORTERS["bone"] = PEFT_EXPORTERS["bat"] = _miss_to_peft
+        return miss_to_peft
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # PEFT's PeftModelForSequenceClassification always adds these to modules_to_save and then expects their
@@ -346,6 +320,7 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
     config = get_config(model)
     if config is None:
         raise ValueError("model has no adapters to export; call inject(model, config) first")
+    _discover()
     if config.method not in PEFT_EXPORTERS:
         raise ValueError(f"no PEFT export for method {config.method!r}; exportable: {sorted(PEFT_EXPORTERS)}")
     _refuse_unfinished_schedule(model, "export_peft")

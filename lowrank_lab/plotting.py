@@ -6,15 +6,32 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-# One colour per method in every figure (the table's order); other labels get the next free colours.
-METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(
-    ("full", "lora", "rslora", "lora-pro", "lora-pro-efficient", "xgblora", "bone", "bat", "gelora"))}
-VERDICT_COLORS = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
+VERDICT_COLORS = {"reproduced": "tab:green", "contradicted": "tab:red", "equivalent": "tab:blue",
+                  "inconclusive": "tab:gray", "no verdict": "tab:olive"}
+
+
+def method_colors() -> dict[str, str]:
+    """One colour per method in every figure: the colour its registration names, else the next free tab-20 colour
+    in table order (so a method added later keeps one colour across figures too)."""
+    from lowrank_lab import registry
+
+    names = registry.names()
+    taken = {registry.get(n).color for n in names if registry.get(n).color}
+    free = iter(c for c in [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan", "pink", "brown")]
+                if c not in taken)
+    return {n: registry.get(n).color or next(free, "black") for n in names}
 
 
 def method_color(label: str, index: int = 0) -> str:
-    """The method's own colour, else a tab-10 colour past the methods' nine (by ``index``)."""
-    return METHOD_COLORS.get(label, f"C{(len(METHOD_COLORS) + index) % 10}")
+    """The method's own colour, else a tab-10 colour past the methods' (by ``index``)."""
+    colors = method_colors()
+    return colors.get(label, f"C{(len(colors) + index) % 10}")
+
+
+def __getattr__(name: str):
+    if name == "METHOD_COLORS":  # the registry's colours, as a table (read-only view, computed on access)
+        return method_colors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Metrics that an eval record may carry, in the order we prefer to plot them.
@@ -109,24 +126,64 @@ def plot_lr_sensitivity(tuning: dict[str, dict], path=None, metric: str = "accur
     return fig
 
 
+# Claim kinds measured in accuracy-like units (what one axis can show together); intruder counts and step times
+# have figures and tables of their own.
+ACCURACY_KINDS = ("better", "matches", "fewer_params", "forgets_less")
+
+
 def plot_paired_differences(rows: list[dict], path=None, title: str = ""):
-    """Each claim's mean paired difference (method − baseline, positive = better) with its 95% CI, coloured by
-    verdict; the dashed line is the claim's threshold (0, or −tolerance for "matches")."""
-    rows = [r for r in rows if r.get("difference") is not None]
+    """Each accuracy-like claim's mean paired difference (method − baseline, positive = better) with its 95%
+    interval (seeds and test examples), coloured by its Holm-adjusted outcome; the dashed line is the claim's
+    threshold (0, or −tolerance for "matches") and the shaded band ±sesoi (inside it: equivalent)."""
+    rows = [r for r in rows if r.get("difference") is not None and r.get("kind") in ACCURACY_KINDS]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
     for y, row in enumerate(rows):
-        color = VERDICT_COLORS.get(row["verdict"], "k")
-        low, high = row["ci95"] if row.get("ci95") else (row["difference"], row["difference"])
-        ax.errorbar(row["difference"], y, xerr=[[row["difference"] - low], [high - row["difference"]]], fmt="o",
-                    color=color, capsize=4)
+        outcome = row.get("verdict_holm", row["verdict"])
+        color = VERDICT_COLORS.get(outcome, "k")
+        if row.get("ci95"):
+            low, high = row["ci95"]
+            ax.errorbar(row["difference"], y, xerr=[[row["difference"] - low], [high - row["difference"]]], fmt="o",
+                        color=color, capsize=4)
+        else:  # no interval: a point without caps, never a zero-width bar
+            low = high = row["difference"]
+            ax.plot(row["difference"], y, "o", color=color)
+        if row.get("sesoi"):
+            ax.fill_betweenx([y - 0.35, y + 0.35], -row["sesoi"], row["sesoi"], color="tab:blue", alpha=0.08, lw=0)
         ax.plot([row.get("threshold", -row.get("tolerance", 0.0))] * 2, [y - 0.35, y + 0.35], "--", color="k", lw=1)
-        ax.annotate(row["verdict"], (high, y), xytext=(6, 0), textcoords="offset points", va="center",
-                    color=color, fontsize=8)
+        ax.annotate(outcome, (high, y), xytext=(6, 0), textcoords="offset points", va="center", color=color, fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{r['method']} vs {r['baseline']} ({r['kind']})" for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="paired difference, method − baseline (positive = better; s/step for speed)",
-           title=title or "paired differences over seeds, 95% CI")
+    ax.set(xlabel="paired difference, method − baseline (positive = better)",
+           title=title or "paired differences, 95% CI over seeds and test examples")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def plot_learn_forget(runs: list[dict], path=None, title: str = "", metric: str = "accuracy"):
+    """What each run learned against what it kept: target test ``metric`` (x) against retained probe accuracy on
+    the tasks it was not trained on (y), one point per run, one marker and colour per method; the dashed line is the
+    base model's retained value (nothing forgotten). The picture of Biderman et al. (arXiv 2405.09673), here for
+    every method at one budget."""
+    markers = "osD^v<>Pp*hX"
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    base = None
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    for i, method in enumerate(methods):
+        points = [(r["test_metric_value"], r["retained"]["probe_accuracy"]) for r in runs
+                  if r["method"] == method and r.get("status", "ok") == "ok" and (r.get("retained") or {}).get("probe_accuracy") is not None]
+        base = base or next((r["retained"].get("base_probe_accuracy") for r in runs if r.get("retained")), None)
+        if points:
+            ax.scatter(*zip(*points), marker=markers[i % len(markers)], color=method_color(method, i), label=method,
+                       s=36, alpha=0.85, edgecolor="k", linewidth=0.4)
+    if base is not None:
+        ax.axhline(base, ls="--", color="k", lw=1, label="base model (nothing forgotten)")
+    ax.set(xlabel=f"learned: target test {metric}", ylabel="retained: probe accuracy on other tasks",
+           title=title or "learn vs forget, one point per run")
+    if methods:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)

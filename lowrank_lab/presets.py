@@ -31,12 +31,13 @@ GSM_TASKS = ("gsm",)  # the causal_lm tasks; every other task is classification
 
 # Peak learning rate per method and task kind. Adapter methods train few, zero-initialised parameters and
 # want ~10-25x the full fine-tuning rate. Methods registered later (recipes.register_method(..., lr=...))
-# add rows here; a method without a row uses the "lora" row.
+# add rows here; a method without a row uses DEFAULT_METHOD's row (LoRA's: every adapter's prior).
 # Classification rates come from a probe at the cpu preset (sentiment, MiniLM, seed 0, 128 steps; val acc
 # on 500): full 2e-5 -> 0.73 (on 1,000), 5e-5 -> 0.82, 1e-4 -> 0.82; LoRA r8 a16 5e-4 -> 0.67 (on 1,000),
 # 1e-3 -> 0.79, 2e-3 -> 0.80, 5e-3 -> 0.80. Short budgets favour the top of the usual ranges. rsLoRA keeps
 # LoRA's rate so the two differ only in scaling (alpha/sqrt(r) = 5.7 vs alpha/r = 2 at r=8, alpha=16).
 # causal_lm: 2e-4 for LoRA took SmolLM2's gsm loss 1.54 -> 1.04 in 80 steps (a probe on 2 cores); 1e-5 full FT.
+DEFAULT_METHOD = "lora"
 LEARNING_RATES = {
     #            classification (MiniLM)   causal_lm (SmolLM2)
     "full":   {"classification": 5e-5, "causal_lm": 1e-5},
@@ -139,10 +140,10 @@ def learning_rate(method: str, kind: str) -> float:
     and the centre of ``compare --tune-lr``'s grid."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return LEARNING_RATES.get(method, LEARNING_RATES["lora"])[kind]
+    return LEARNING_RATES.get(method, LEARNING_RATES[DEFAULT_METHOD])[kind]
 
 
-def train_preset(task_name: str, scale: str, method: str = "lora") -> dict:
+def train_preset(task_name: str, scale: str, method: str = DEFAULT_METHOD) -> dict:
     """TrainConfig fields + ``max_train``/``max_eval``/``epochs`` for a task at a scale (a fresh dict)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")

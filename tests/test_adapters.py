@@ -345,6 +345,6 @@ def test_unknown_method_in_file(saved):
     import json
 
     meta = json.loads((saved / "adapter_config.json").read_text())
-    meta["method"] = "dora"
+    meta["method"] = "vera"
     (saved / "adapter_config.json").write_text(json.dumps(meta))
-    assert_load_refused(saved, "adapter method must be one of .*got 'dora'")
+    assert_load_refused(saved, "adapter method must be one of .*got 'vera'")

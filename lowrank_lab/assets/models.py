@@ -55,6 +55,7 @@ class ModelSpec:
     default_target_modules: tuple[str, ...]
     all_linear_targets: tuple[str, ...]
     head_modules: dict  # kind -> module names that must stay trainable (the new task head)
+    pretrained: bool = True  # False: random weights (tests only): nothing learned before, so nothing to forget
 
 
 _SPECS = {
@@ -84,6 +85,7 @@ _SPECS = {
         default_target_modules=_LLAMA_PROJ,
         all_linear_targets=_LLAMA_PROJ,
         head_modules={"classification": ("score",), "causal_lm": ()},
+        pretrained=False,
     ),
 }
 

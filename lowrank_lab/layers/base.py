@@ -8,6 +8,9 @@ this base class keeps the bookkeeping in one place:
   *before* anything is written; a second ``merge()`` warns and does nothing.
 * ``unmerge()`` undoes it (again fp32, again checked).
 * while merged or disabled, the forward is the plain base layer.
+* a method whose unmerge needs something the merge overwrites (DoRA: the per-row factor m/‖W0 + ΔV‖, W0 being
+  gone once merged) returns it from ``merge_state()``; ``merge`` keeps it in ``saved_merge_state`` until ``unmerge``
+  has written W0 back. Additive methods (LoRA, Bone, Bat) need nothing: the default is None.
 """
 
 from __future__ import annotations
@@ -164,6 +167,9 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.merged = False
         self.disabled = False
+        # What ``unmerge`` needs that the merge overwrote (see ``merge_state``): a buffer, so it follows the layer
+        # across ``.to(device)``; not persistent, so state dicts (and adapter files) are unchanged. None unless merged.
+        self.register_buffer("saved_merge_state", None, persistent=False)
 
     # The wrapped layer still looks like a Linear to code that inspects it (HF does).
     @property
@@ -202,6 +208,12 @@ class AdapterLayer(nn.Module):
     def unmerged_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.to(self.compute_dtype) - self.delta_weight()
 
+    def merge_state(self) -> torch.Tensor | None:
+        """What ``unmerged_weight`` will need that the merge destroys, computed from the still unmerged weights just
+        before ``merge`` writes; kept in ``self.saved_merge_state`` until ``unmerge`` succeeds. None: nothing
+        (the additive methods undo the merge from their own parameters)."""
+        return None
+
     # --- shared behaviour ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
@@ -227,7 +239,10 @@ class AdapterLayer(nn.Module):
         if self.merged:
             warnings.warn("Already merged; nothing to do.")
             return
-        self.base_layer.weight.copy_(self.merge_candidate())
+        new_weight = self.merge_candidate()  # raises (nothing written) if it is not finite
+        state = self.merge_state()  # from the unmerged weights, before they are overwritten
+        self.base_layer.weight.copy_(new_weight)
+        self.saved_merge_state = state
         self.merged = True
 
     @torch.no_grad()
@@ -236,6 +251,7 @@ class AdapterLayer(nn.Module):
             warnings.warn("Already unmerged; nothing to do.")
             return
         self.base_layer.weight.copy_(self.unmerge_candidate())
+        self.saved_merge_state = None
         self.merged = False
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:

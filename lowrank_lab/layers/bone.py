@@ -402,3 +402,82 @@ def bone_rank_matching_lora(model: nn.Module, target_modules, lora_r: int, varia
     candidates = [r for r in range(1, min(n for n, _ in shapes) + 1)
                   if variant == "bone" or all(n % r == 0 and m % r == 0 for n, m in shapes)]
     return min(candidates, key=lambda r: (abs(r * out_total - lora_total), r))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lab's recipes for Bone and Bat, their PEFT export and their registration (lowrank_lab.registry).
+# ---------------------------------------------------------------------------------------------------
+def bone_config(model_name, task, options, variant: str) -> BoneConfig:
+    """Bone/Bat on the model's default target modules; the task's new head trains whole."""
+    from lowrank_lab.assets import model_spec
+
+    spec = model_spec(model_name)
+    return BoneConfig(r=options.r, variant=variant, target_modules=tuple(options.target_modules or spec.default_target_modules),
+                      dropout=options.dropout, modules_to_save=tuple(spec.head_modules.get(task.kind, ())))
+
+
+def prepare_bone(model, model_name, task, options):
+    """Bone (Kang 2024, DiSHA/MiSS): every r-column shard shares D^T (D: r x out). ``options.r`` is Bone's own r:
+    for LoRA rank r_L's parameter count use :func:`bone_rank_matching_lora` (2 r_L on square layers)."""
+    from lowrank_lab.adapters import inject
+
+    return inject(model, bone_config(model_name, task, options, "bone"))
+
+
+def prepare_bat(model, model_name, task, options):
+    """Bat (Kang 2024): W'_ij = W_ij (I + D_i) + D_i per r x r block; r must divide every in and out."""
+    from lowrank_lab.adapters import inject
+
+    return inject(model, bone_config(model_name, task, options, "bat"))
+
+
+def miss_to_peft(model: nn.Module, config: BoneConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Bone -> PEFT ``MissConfig(init_weights=True)``, Bat -> ``init_weights="bat"``; same tensor layout."""
+    from lowrank_lab.adapters import adapter_layers
+
+    peft_config = {
+        "peft_type": "MISS",
+        "r": config.r,
+        "miss_dropout": config.dropout,
+        "mini_r": 1,
+        "init_weights": True if config.variant == "bone" else "bat",
+        "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
+        "bias": "none",
+    }
+    tensors = {f"base_model.model.{name}.miss_block": layer.bone_block for name, layer in adapter_layers(model).items()}
+    return peft_config, tensors
+
+
+BONE_CLAIMS = (
+    {"paper": "Bone (arXiv 2409.15371)", "claim": "Bone beats LoRA at a similar parameter count",
+     "paper_evidence": "GSM8K Llama-2-7B: 49.36 (87.0M) vs LoRA 38.97 (89.9M)", "baseline": "lora", "kind": "better",
+     "sesoi": 0.01},
+    # Judged from benchmarks/step_time.py (methods alternated in one process), never from training runs that
+    # shared the cores; sesoi: 5% of LoRA's step time.
+    {"paper": "Bone (arXiv 2409.15371)", "claim": "Bone computes faster than LoRA",
+     "paper_evidence": "README: 'faster computation' (PEFT bench: about the same time)", "baseline": "lora",
+     "kind": "faster", "sesoi": 0.05},
+)
+BAT_CLAIMS = (
+    {"paper": "Bone/Bat (arXiv 2409.15371)", "claim": "the weight guide (Bat) beats plain Bone",
+     "paper_evidence": "PEFT MetaMathQA bench, Llama-3.2-3B: 50.42 vs 48.67", "baseline": "bone", "kind": "better",
+     "sesoi": 0.01},
+)
+
+
+def _register() -> None:
+    from lowrank_lab.registry import register_method
+
+    # LoRA's learning rates. Probe (MiniLM sentiment, cpu preset: 128 steps, seed 0, r=16 on query/value = LoRA r=8's
+    # parameter count; validation accuracy on 1,000): Bone 3e-4 -> 0.664, 1e-3 -> 0.750, 2e-3 -> 0.750 (higher val
+    # loss); Bat 1e-3 -> 0.756, 2e-3 -> 0.769 (one seed: within noise). 1e-3 is within ~1 point of the best for both:
+    # all three share a rate. causal_lm: LoRA's 2e-4, not probed (SmolLM2 costs ~8 s/step on 2 cores).
+    rates = {"classification": 1e-3, "causal_lm": 2e-4}
+    # BoneConfig.method is its variant: files say "bone" or "bat", both read by BoneConfig.
+    register_method("bone", prepare_bone, style="layer", paper="arXiv 2409.15371", lr=rates, config_class=BoneConfig,
+                    peft_exporter=miss_to_peft, budget="search_r", order=7, claims=BONE_CLAIMS, color="C6")
+    register_method("bat", prepare_bat, style="layer", paper="arXiv 2409.15371", lr=rates, config_class=BoneConfig,
+                    peft_exporter=miss_to_peft, budget="search_r", order=8, claims=BAT_CLAIMS, color="C7")
+
+
+_register()

@@ -147,3 +147,100 @@ class LoRALinear(AdapterLayer):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, " + super().extra_repr()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lab's recipes for this file's methods, and their registration (lowrank_lab.registry).
+# ---------------------------------------------------------------------------------------------------
+def lora_config(model_name, task, options, use_rslora: bool = False) -> LoRAConfig:
+    """LoRA's config for a model of the lab: ``options`` (rank, alpha, targets, dropout) on the model's default
+    target modules, and the task's new head trained whole (``modules_to_save``): a random head must learn."""
+    from lowrank_lab.assets import model_spec
+
+    spec = model_spec(model_name)
+    return LoRAConfig(
+        r=options.r,
+        alpha=options.lora_alpha,
+        target_modules=tuple(options.target_modules or spec.default_target_modules),
+        dropout=options.dropout,
+        use_rslora=use_rslora,
+        modules_to_save=tuple(spec.head_modules.get(task.kind, ())),
+    )
+
+
+def prepare_lora(model, model_name, task, options):
+    """LoRA (Hu et al. 2021): W0 frozen, W0 + (alpha/r) B A on the target modules; the head trains too."""
+    from lowrank_lab.adapters import inject
+
+    return inject(model, lora_config(model_name, task, options, use_rslora=False))
+
+
+def prepare_rslora(model, model_name, task, options):
+    """rsLoRA (Kalajdzievski 2023): LoRA with scaling alpha/sqrt(r), stable as r grows."""
+    from lowrank_lab.adapters import inject
+
+    return inject(model, lora_config(model_name, task, options, use_rslora=True))
+
+
+def lora_to_peft(model: nn.Module, config: LoRAConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Our LoRA/rsLoRA adapter as HF PEFT's ``LoraConfig`` and its tensor names (``io.export_peft``)."""
+    from lowrank_lab.adapters import adapter_layers
+
+    layers = adapter_layers(model)
+    peft_config = {
+        "peft_type": "LORA",
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "use_rslora": config.use_rslora,
+        "target_modules": config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
+        # per-module ranks spelled out by full path, so PEFT's pattern lookup cannot pick a wrong key
+        "rank_pattern": {name: layer.r for name, layer in layers.items() if layer.r != config.r},
+        # PEFT's scale is alpha_pattern.get(path, lora_alpha) / r (or / sqrt(r)): each layer's own alpha back
+        "alpha_pattern": {name: alpha for name, layer in layers.items()
+                          if (alpha := layer.scaling * (math.sqrt(layer.r) if config.use_rslora else layer.r))
+                          != config.alpha},
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+    }
+    tensors = {}
+    for name, layer in layers.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A
+        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B
+    return peft_config, tensors
+
+
+# Each claim is judged in the reproduction table at its smallest effect size of interest (sesoi, fixed before the
+# studies ran: results/PREREGISTRATION.md): one accuracy point.
+LORA_CLAIMS = (
+    {"paper": "LoRA (arXiv 2106.09685)", "claim": "LoRA r=8 matches full fine-tuning with a tiny fraction of the parameters",
+     "paper_evidence": "GLUE/GPT-3: on par with or better than full FT", "baseline": "full", "kind": "matches",
+     "tolerance": 0.02, "sesoi": 0.01},
+    {"paper": "Biderman et al. (arXiv 2405.09673)", "claim": "LoRA forgets less than full fine-tuning",
+     "paper_evidence": "abstract: LoRA underperforms full FT on the target domain but better maintains the base "
+                       "model's performance on other tasks", "baseline": "full", "kind": "forgets_less", "sesoi": 0.01},
+    {"paper": "Shuttleworth et al. (arXiv 2410.21228)",
+     "claim": "LoRA's weights have intruder dimensions that full fine-tuning's lack",
+     "paper_evidence": "abstract: LoRA-trained matrices acquire new high-ranking singular vectors (intruder "
+                       "dimensions) that full fine-tuning's do not", "baseline": "full", "kind": "more_intruders",
+     "sesoi": 1.0},
+)
+RSLORA_CLAIMS = (
+    {"paper": "rsLoRA (arXiv 2312.03732)", "claim": "alpha/sqrt(r) scaling learns better than alpha/r",
+     "paper_evidence": "GSM8K Llama-2-7B r=8 (LoRA-Pro's table): 45.62 vs 42.08", "baseline": "lora", "kind": "better",
+     "sesoi": 0.01},
+)
+
+
+def _register() -> None:
+    from lowrank_lab.registry import register_method
+
+    # Learning rates: presets.LEARNING_RATES holds LoRA's and rsLoRA's (the prior every adapter falls back to).
+    register_method("lora", prepare_lora, style="layer", paper="arXiv 2106.09685", config_class=LoRAConfig,
+                    peft_exporter=lora_to_peft, budget="same_r", order=1, claims=LORA_CLAIMS, color="C1")
+    register_method("rslora", prepare_rslora, style="layer", paper="arXiv 2312.03732", budget="same_r", order=2,
+                    claims=RSLORA_CLAIMS, color="C2")
+
+
+_register()

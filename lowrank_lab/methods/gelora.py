@@ -55,7 +55,7 @@ from torch import nn
 
 from ..adapters import inject
 from ..layers.base import check_fraction, check_positive_int, module_matches, normalize_module_names
-from ..recipes import _lora_config
+from ..layers.lora import lora_config as _lora_config
 
 ID_METHODS = ("twonn", "mle")
 SCALE_RULES = ("alpha_proportional_to_rank", "fixed_alpha")  # how each layer's scale follows its rank
@@ -559,3 +559,21 @@ def prepare_gelora(model, model_name, task, options):
     alphas = {name: config.alpha / options.r * rank for name, rank in ranks.items()} \
         if scale_rule == "alpha_proportional_to_rank" else {}
     return inject(model, replace(config, rank_pattern=ranks, alpha_pattern=alphas))
+
+
+GELORA_CLAIMS = (
+    {"paper": "GeLoRA (arXiv 2412.09250)", "claim": "intrinsic-dimension ranks beat uniform LoRA at the same budget",
+     "paper_evidence": "DeBERTaV3 GLUE: better than LoRA at equal budget (numbers not verified)", "baseline": "lora",
+     "kind": "better", "sesoi": 0.01},
+)
+
+
+def _register() -> None:
+    from ..registry import register_method
+
+    # Plain LoRA training with per-layer ranks: LoRA's learning rates (no lr of its own).
+    register_method("gelora", prepare_gelora, style="analysis", paper="arXiv 2412.09250", budget="budget", order=9,
+                    claims=GELORA_CLAIMS, color="C8")
+
+
+_register()
