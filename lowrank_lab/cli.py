@@ -1,8 +1,9 @@
 """Command line: ``python -m lowrank_lab train --method lora --task sentiment --scale cpu``.
 
 Each subcommand is an ``add_<name>_parser(subparsers)`` function that sets ``func`` on its parser;
-``main`` dispatches to it. ``--method`` choices come from :data:`lowrank_lab.recipes.METHODS`, so a new
-method registered with ``recipes.register_method`` is available here without editing this file.
+``main`` dispatches to it. ``--method`` choices, and each method's own flags, come from
+:mod:`lowrank_lab.registry`, so a method registered with ``register_method`` is available here without editing
+this file.
 
 Every argument is checked before any model or data is loaded; a bad value exits with code 2 and a message
 naming the value and the valid ones, and nothing is written to ``--out``. Exit codes: 0 done, 2 bad arguments
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from lowrank_lab import distributed, files, presets, recipes
+from lowrank_lab import distributed, files, presets, recipes, registry
 from lowrank_lab.experiment import DEFAULT_MODELS, run_method, run_spec
 from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale
 from lowrank_lab.train import TrainingDiverged, TrainingFailed
@@ -98,21 +99,25 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0, "a non-negative int"), default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: runs/<task>-<model>-<method>-<scale>-s<seed>)")
-    p.add_argument("--r", type=_rank, default=8, help="adapter rank")
+    p.add_argument("--r", type=_rank, default=None, help="adapter rank (default 8)")
     p.add_argument("--alpha", type=_alpha, default=None, help="LoRA alpha (default: 2*r)")
     p.add_argument("--lr", type=_learning_rate, default=None, help="peak learning rate (default: preset)")
+    p.add_argument("--head-lr", type=_learning_rate, default=None,
+                   help="peak learning rate of the task's new head (default: --lr); compare's shared-rate protocol "
+                        "fixes it so the head learns whatever rate the adapters share")
     p.add_argument("--max-steps", type=_int_at_least(1, "a positive int"), default=None,
                    help="optimizer steps (default: preset)")
     p.add_argument("--target-modules", type=_module_list, default=None,
                    help="comma-separated module names for the adapters (default: the model's)")
-    xgb = p.add_argument_group("xgblora", "boosting schedule; only with --method xgblora (the paper's rank: --r 1)")
-    xgb.add_argument("--steps-per-round", type=_int_at_least(1, "a positive int"), default=None,
-                     help="kappa: optimizer steps per boosting round, <= --max-steps (default: ~1/32 of them)")
-    xgb.add_argument("--blocks-per-round", type=_int_at_least(1, "a positive int"), default=None,
-                     help="L_s: layers that get boosters each round (default: 11/32 of the model's layers)")
-    xgb.add_argument("--shrinkage", type=_shrinkage, default=None, help="alpha_t of the merge W += alpha_t*s*B*A (default 1)")
-    xgb.add_argument("--booster-penalty", type=_penalty, default=None,
-                     help="lambda of the penalty (lambda/2)(|A|^2 + |B|^2) on the boosters (default 0)")
+    seen: dict[str, str] = {}
+    for method, options in registry.cli_options().items():  # each method's own flags, from its registration
+        group = p.add_argument_group(method, f"only with --method {method}")
+        for option in options:
+            if option.name in seen:
+                raise ValueError(f"methods {seen[option.name]!r} and {method!r} both declare --{option.name}")
+            seen[option.name] = method
+            group.add_argument("--" + option.name.replace("_", "-"), dest=option.name, type=option.parse,
+                               default=None, help=option.help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p
@@ -163,7 +168,7 @@ def _summary_metrics(args, run, wall, spec: dict) -> dict:
     env = environment_report(run.scale)
     metrics = {
         **run.summary(), "run_spec": spec,
-        "r": args.r if args.method != "full" else None, **_adapter_scale(run.model),
+        "r": args.r if registry.options_apply(args.method) else None, **_adapter_scale(run.model),
         "target_modules": list(args.target_modules) if args.target_modules else None,
         "validation": run.history["final"]["validation"], "test": run.history["final"]["test"] or {},
         "wall_time_s": wall, "device": run.history["device"],
@@ -173,6 +178,27 @@ def _summary_metrics(args, run, wall, spec: dict) -> dict:
         metrics["exact_match"] = metrics["validation"].get("exact_match")
         metrics["test_exact_match"] = metrics["test"].get("exact_match")
     return metrics
+
+
+PER_EXAMPLE_KEYS = ("correct", "base_correct", "per_passage", "base_per_passage")
+
+
+def _forgetting_rows(metrics: dict) -> dict:
+    """The per-example rows of the retained-capability measures, moved out of metrics.json into predictions.json
+    (``{"retained": {probe task: [0/1 per probe example]}, "retained_base": {...}}`` for a classifier; the per-passage
+    held-out losses of a causal LM): what a paired bootstrap resamples, and metrics.json stays a summary."""
+    retained = metrics.get("retained") or {}
+    rows, base = {}, {}
+    for task, values in (retained.get("per_task") or {}).items():
+        if isinstance(values, dict):
+            if "correct" in values:
+                rows[task] = values.pop("correct")
+            if "base_correct" in values:
+                base[task] = values.pop("base_correct")
+    for key, target in (("per_passage", rows), ("base_per_passage", base)):
+        if key in retained:
+            target["heldout_loss"] = retained.pop(key)
+    return {k: v for k, v in (("retained", rows), ("retained_base", base)) if v}
 
 
 def _fmt(value) -> str:
@@ -193,21 +219,38 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
 
 
-XGBLORA_FLAGS = ("steps_per_round", "blocks_per_round", "shrinkage", "booster_penalty")
-
-
-def _xgblora_extra(args, scale: str) -> dict:
-    """The xgblora flags as MethodOptions.extra, checked (kappa <= the step budget too) before loading."""
-    extra = {k: getattr(args, k) for k in XGBLORA_FLAGS if getattr(args, k) is not None}
-    if extra and args.method != "xgblora":
-        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-        raise UsageError(f"{flags} only apply to --method xgblora, got --method {args.method!r}")
-    if extra:
-        from lowrank_lab.methods.xgblora import XGBLoRASettings
-
-        steps = args.max_steps or presets.train_preset(args.task, scale, args.method)["max_steps"]
-        XGBLoRASettings.from_extra(extra).check_steps(steps)
+def _method_extra(args, scale: str) -> dict:
+    """The method's own flags as MethodOptions.extra, checked by the method (e.g. XGBLoRA's kappa <= the step
+    budget) before anything loads; another method's flags are refused, naming them."""
+    extra, foreign = {}, []
+    for method, options in registry.cli_options().items():
+        for option in options:
+            value = getattr(args, option.name, None)
+            if value is None:
+                continue
+            if method == args.method:
+                extra[option.name] = value
+            else:
+                foreign.append(("--" + option.name.replace("_", "-"), method))
+    if foreign:
+        flags = ", ".join(flag for flag, _ in foreign)
+        owners = sorted({method for _, method in foreign})
+        raise UsageError(f"{flags} only apply to --method {' / '.join(owners)}, got --method {args.method!r}")
+    check = registry.get(args.method).check_extra
+    if extra and check is not None:
+        check(extra, args.max_steps or presets.train_preset(args.task, scale, args.method)["max_steps"])
     return extra
+
+
+def _check_options_apply(args) -> None:
+    """A method whose runs ignore rank, alpha and target modules (full fine-tuning) refuses them instead of
+    recording flags that changed nothing."""
+    if registry.options_apply(args.method):
+        return
+    given = [flag for flag, value in (("--r", args.r), ("--alpha", args.alpha), ("--target-modules", args.target_modules))
+             if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} do not apply to --method {args.method!r} (every parameter trains)")
 
 
 def _failure_metrics(args, scale: str, model_name: str, spec: dict, err: TrainingFailed, wall: float) -> dict:
@@ -219,7 +262,7 @@ def _failure_metrics(args, scale: str, model_name: str, spec: dict, err: Trainin
         "status": err.status, "error": str(err), "failed_at_step": err.step, "run_spec": spec,
         "method": args.method, "task": args.task, "model": model_name, "scale": scale, "seed": args.seed,
         "lr": spec["preset"]["lr"], "steps": (history.get("config") or {}).get("max_steps"),
-        "r": args.r if args.method != "full" else None, "metric": metric, "higher_is_better": higher,
+        "r": args.r if registry.options_apply(args.method) else None, "metric": metric, "higher_is_better": higher,
         "metric_value": None, "test_metric_value": None, "validation": None, "test": None,
         "final_train_loss": None, "trainable_params": history.get("trainable_params"),
         "total_params": history.get("total_params"), "median_step_time_s": None, "peak_memory_mb": None,
@@ -229,12 +272,16 @@ def _failure_metrics(args, scale: str, model_name: str, spec: dict, err: Trainin
 
 def run_train(args) -> int:
     scale, model_name, out = _check_train_args(args)
+    _check_options_apply(args)
+    if args.r is None:
+        args.r = 8
     try:  # option values are checked before loading too (rank, alpha)
         options = recipes.MethodOptions(r=args.r, alpha=args.alpha, target_modules=args.target_modules,
-                                        extra=_xgblora_extra(args, scale))
+                                        extra=_method_extra(args, scale))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps)) if v is not None}
+    overrides = {k: v for k, v in (("lr", args.lr), ("max_steps", args.max_steps), ("head_lr", args.head_lr))
+                 if v is not None}
     spec = run_spec(args.method, args.task, model_name, scale, args.seed, options, overrides)
     _check_writable(out)
 
@@ -246,7 +293,7 @@ def run_train(args) -> int:
     main_process = distributed.is_main_process()
     try:
         run = run_method(args.method, args.task, model_name, scale, args.seed, options, overrides, out_dir=out,
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet, measure_forgetting=True)
     except TrainingFailed as err:  # training started and broke: a result to record, not a usage error
         if main_process:
             files.write_json(out / "metrics.json",
@@ -263,6 +310,8 @@ def run_train(args) -> int:
     if not main_process:  # rank 0 alone writes metrics.json and curves.png and prints the table
         return 0
     metrics = _summary_metrics(args, run, time.perf_counter() - start, spec)
+    # predictions first, metrics.json last: a finished run's metrics.json vouches for the files beside it
+    files.write_json(out / "predictions.json", {**run.predictions, **_forgetting_rows(metrics)})
     files.write_json(out / "metrics.json", metrics)
     fig = plot_curves({args.method: run.history}, out / "curves.png", metric=metrics["metric"],
                       title=f"{args.method} on {args.task} ({model_name}, {scale}, seed {args.seed})")
@@ -279,8 +328,8 @@ def run_train(args) -> int:
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     from lowrank_lab.assets import MODEL_NAMES, TASK_NAMES
-    from lowrank_lab.compare import COMPARE_METHODS
 
+    default_methods = registry.names(compare_only=True)
     p = subparsers.add_parser(
         "compare", help="every method side by side at a matched trainable-parameter budget",
         description="Train every method (or --methods) on one task over --seeds seeds at a matched budget "
@@ -289,10 +338,10 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="model (default: the task's default)")
     p.add_argument("--scale", choices=SCALES, default=None, help="smoke | cpu | full (default: $LOWRANK_LAB_SCALE)")
     p.add_argument("--seeds", type=_int_at_least(1, "a positive int <= 1000", 1000), default=1,
-                   help="seeds 0..N-1 per method")
+                   help="reporting seeds 1..N per method (seed 0 is the tuning seed, never reported)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/compare-<task>-<model>-<scale>)")
-    p.add_argument("--methods", type=_module_list, default=COMPARE_METHODS,
-                   help=f"comma-separated subset (default: {','.join(COMPARE_METHODS)})")
+    p.add_argument("--methods", type=_module_list, default=default_methods,
+                   help=f"comma-separated subset (default: {','.join(default_methods)})")
     p.add_argument("--r", type=_rank, default=8, help="the budget: trainable parameters of LoRA at this rank")
     protocol = p.add_mutually_exclusive_group()
     protocol.add_argument("--tune-lr", action="store_true",
@@ -302,6 +351,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                           help="one learning rate for every adapter method, full FT at its own (the Bone paper's protocol)")
     p.add_argument("--jobs", type=_int_at_least(1, "a positive int <= 64", 64), default=1,
                    help="runs at a time, each a process with cpu_count/jobs threads (default 1)")
+    p.add_argument("--exploratory", default=None, metavar="WHY",
+                   help="mark the study exploratory (added after seeing other results), saying why; recorded and shown")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_compare)
     return p
@@ -322,7 +373,7 @@ def run_compare(args) -> int:
     try:
         results = compare(args.task, model, scale, args.seeds, out, args.methods, args.r,
                           show_progress=not args.quiet, command=command_line(args.argv), tune=args.tune_lr,
-                          shared_lr=args.shared_lr, jobs=args.jobs)
+                          shared_lr=args.shared_lr, jobs=args.jobs, exploratory=args.exploratory)
     except ValueError as err:  # unknown method, a budget a method cannot meet, stale runs: before any run starts
         raise UsageError(str(err)) from None
     from lowrank_lab.compare import markdown, reproduction_markdown
@@ -331,7 +382,7 @@ def run_compare(args) -> int:
     print(markdown(results))
     print()
     print(reproduction_markdown(results))
-    print(f"\nwrote {out}/results.json, results.csv, table.md, reproduction.md, curves.png, metric_vs_params.png, cost.png "
+    print(f"\nwrote {out}/results.json, results.csv, table.md, reproduction.md, forgetting.md and figures "
           f"({results['wall_time_s']:.0f} s)")
     if results["failed"]:  # diverged runs are results; a run that broke is not, and says so in the exit code
         runs = ", ".join(f"{f['method']} seed {f['seed']}" for f in results["failed"])
@@ -375,7 +426,7 @@ def run_report(args) -> int:
         except ValueError as err:
             raise UsageError(str(err)) from None
         return 0
-    results["reproduction"] = reproduction_rows(results)  # the current statistics, not the stored verdicts
+    results["reproduction"] = reproduction_rows(results, args.folder)  # the current statistics, not the stored verdicts
     print(markdown(results), reproduction_markdown(results), sep="\n\n")
     if args.write:
         write_reports(args.folder, results)

@@ -20,8 +20,10 @@ from lowrank_lab.runtime import SCALES, get_device, lab_version, seed_everything
 
 # The default model per task kind: offline PyPI mirrors (requirements-assets.txt).
 DEFAULT_MODELS = {"classification": "minilm", "causal_lm": "smollm2-135m"}
+# The forgetting probes at smoke scale (lowrank_lab.forgetting's own defaults everywhere else).
+FORGETTING_SMOKE = {"classification": {"n_train": 64, "n_test": 32}, "causal_lm": {"n_passages": 2, "n_tokens": 32}}
 PRESET_KEYS = set(presets.COMMON) | {k for scale in presets.TRAIN_PRESETS.values() for kind in scale.values()
-                                     for k in kind} | {"lr", "epochs"}
+                                     for k in kind} | {"lr", "epochs", "head_lr"}
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Run:
     task: object = field(repr=False)
     config: object = field(repr=False)
     history: dict = field(repr=False)
+    predictions: dict = field(default_factory=dict, repr=False)  # final evaluations, per example (predictions.json)
+    forgetting: dict | None = field(default=None, repr=False)  # {"retained", "intruders"} when measured
 
     @property
     def metric(self) -> tuple[str, bool]:
@@ -46,8 +50,25 @@ class Run:
         final = self.history["final"][split] or {}
         return final.get(self.metric[0])
 
+    def baselines(self) -> dict:
+        """What "did not learn" is judged against: a classification run is compared with always predicting the
+        largest class of each split and with the loss of a uniform guess, ln C; a causal LM with its first loss."""
+        losses = self.history["train_loss"]
+        head = losses[:max(1, min(8, len(losses)))]
+        out = {"initial_train_loss": statistics.fmean(head) if head else None}
+        if self.task.kind == "classification":
+            out["num_labels"] = self.task.num_labels
+            out["uniform_loss"] = math.log(self.task.num_labels)
+            for split in ("validation", "test"):
+                labels = list(getattr(self.task, split)["label"]) if getattr(self.task, split) is not None else []
+                out[f"majority_{split}"] = (max(labels.count(c) for c in set(labels)) / len(labels)) if labels else None
+                out[f"n_{split}"] = len(labels)
+        return out
+
     def summary(self) -> dict:
         """A flat, JSON-ready record of the run (no tensors)."""
+        import torch
+
         tail = self.history["train_loss"][-max(1, len(self.history["train_loss"]) // 10):]
         name, higher = self.metric
         return {
@@ -59,6 +80,10 @@ class Run:
             "median_step_time_s": self.history["median_step_time_s"],
             "peak_memory_mb": self.history["peak_memory_mb"], "peak_memory_kind": self.history["peak_memory_kind"],
             "wall_time_s": self.history["wall_time_s"], "status": self.history.get("status", "ok"),
+            "baselines": self.baselines(),
+            # Same seed, same numbers on the same CPU kind only: floating-point kernels differ between kinds.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **(self.forgetting or {}),
         }
 
 
@@ -100,8 +125,13 @@ def default_model(task_name: str) -> str:
 
 def run_method(method: str, task_name: str, model_name: str | None = None, scale: str = "smoke", seed: int = 0,
                options: recipes.MethodOptions | dict | None = None, overrides: dict | None = None,
-               out_dir: str | Path | None = None, show_progress: bool = True) -> Run:
-    """Train ``method`` on ``task_name`` with the ``scale`` preset; everything is checked before loading."""
+               out_dir: str | Path | None = None, show_progress: bool = True, measure_forgetting: bool = False) -> Run:
+    """Train ``method`` on ``task_name`` with the ``scale`` preset; everything is checked before loading.
+
+    ``measure_forgetting``: after training, what the run forgot (``lowrank_lab.forgetting``: retained capability
+    on tasks it was not trained on, intruder dimensions of its weights against the pre-trained ones), in
+    ``run.forgetting`` and the summary; the pre-trained weights are snapshotted after the method prepared the
+    model and before the first step."""
     from lowrank_lab.assets import MODEL_NAMES, TASK_NAMES, load_model, load_task, load_tokenizer, model_spec
     from lowrank_lab.train import TrainConfig, train
 
@@ -133,6 +163,8 @@ def run_method(method: str, task_name: str, model_name: str | None = None, scale
     task = load_task(task_name, max_train=preset["max_train"], max_eval=preset["max_eval"])
     fields = presets.train_config_fields(preset)
     fields["max_steps"] = presets.resolve_max_steps(preset, len(task.train))
+    if fields.get("head_lr") is not None:
+        fields["head_modules"] = tuple(model_spec(model_name).head_modules.get(kind, ()))
     config = TrainConfig(**fields, seed=seed, device=str(get_device(scale)))
 
     tokenizer = load_tokenizer(model_name)
@@ -140,8 +172,24 @@ def run_method(method: str, task_name: str, model_name: str | None = None, scale
     model = recipes.prepare(method, model, model_name, task, options)
     make_optimizer = recipes.OPTIMIZERS.get(method)
     optimizer = make_optimizer(model, config) if make_optimizer else None
-    history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out_dir, show_progress=show_progress)
-    return Run(method, task_name, model_name, scale, seed, preset, model, task, config, history)
+    snapshot = None
+    if measure_forgetting:
+        from lowrank_lab import forgetting
+
+        snapshot = forgetting.weight_snapshot(model, forgetting.snapshot_modules(model, model_name))
+    predictions: dict = {}
+    history = train(model, task, tokenizer, config, optimizer=optimizer, out_dir=out_dir, show_progress=show_progress,
+                    predictions=predictions)
+    run = Run(method, task_name, model_name, scale, seed, preset, model, task, config, history, predictions)
+    if snapshot is not None and not model_spec(model_name).pretrained:
+        # random weights (tiny-llama): nothing was learned before, so nothing can be forgotten; the weights' change
+        # is still measured
+        run.forgetting = {"retained": None, "intruders": forgetting.intruder_summary(model, snapshot)}
+    elif snapshot is not None:  # smoke: small probes, so CI pays seconds (a smoke run's probes test the code only)
+        run.forgetting = forgetting.measure(model, model_name, task_name, tokenizer, snapshot,
+                                            **FORGETTING_SMOKE.get(kind, {}) if scale == "smoke" else {})
+    return run
+
 
 
 def aggregate(summaries: list[dict], key: str = "metric_value", methods=None) -> dict[str, dict]:

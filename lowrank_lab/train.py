@@ -122,6 +122,10 @@ class TrainConfig:
     )
     max_new_tokens: int = field(default=256, metadata={"help": "generation budget per answer"})
     seed: int = field(default=0, metadata={"help": "seeds torch (dropout) and the data order"})
+    head_lr: float | None = field(default=None, metadata={
+        "help": "peak lr of the task's new head (head_modules); None = lr. A shared-rate protocol fixes it so the "
+                "head can learn whatever rate the adapters share"})
+    head_modules: tuple = field(default=(), metadata={"help": "module names of the new head that head_lr applies to"})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ...; None = runtime.get_device()"})
     log_every: int = field(default=10, metadata={"help": "progress-bar loss/lr refresh interval in steps"})
     precision: str = field(default="fp32", metadata={
@@ -154,6 +158,13 @@ class TrainConfig:
             fail("max_generate", "an int >= 0 or None")
         if not _is_int(self.seed) or self.seed < 0:
             fail("seed", "a non-negative int")
+        if self.head_lr is not None and (not _is_number(self.head_lr) or self.head_lr <= 0):
+            fail("head_lr", "a positive float or None")
+        if not isinstance(self.head_modules, (tuple, list)) or not all(isinstance(m, str) and m for m in self.head_modules):
+            fail("head_modules", "a tuple of module names")
+        if self.head_lr is not None and not self.head_modules:
+            fail("head_modules", "non-empty when head_lr is set (the modules head_lr applies to)")
+        self.head_modules = tuple(self.head_modules)
         if self.device is not None:
             try:
                 torch.device(self.device)
@@ -260,16 +271,31 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return LambdaLR(optimizer, factor)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+def head_parameters(model: torch.nn.Module, head_modules) -> list[torch.nn.Parameter]:
+    """The trainable parameters of the modules named ``head_modules`` (a name or a path suffix, as in PEFT)."""
+    from lowrank_lab.layers.base import module_matches
+
+    names = tuple(head_modules)
+    found = {id(p): p for name, module in model.named_modules() if name and module_matches(names, name)
+             for p in module.parameters() if p.requires_grad}
+    if names and not found:
+        raise ValueError(f"head_modules {list(names)} match no trainable module of the model")
+    return list(found.values())
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, head_lr: float | None = None,
+                   head_modules=()) -> torch.optim.AdamW:
     """AdamW over the trainable parameters. Decay only matrices: biases and LayerNorm/RMSNorm gains are
-    1-D, and shrinking them toward 0 is not regularisation (BERT/GPT practice)."""
+    1-D, and shrinking them toward 0 is not regularisation (BERT/GPT practice). With ``head_lr`` the parameters
+    of ``head_modules`` (a new task head) get their own peak rate; the schedule scales every group alike."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    head = {id(p) for p in head_parameters(model, head_modules)} if head_lr is not None else set()
+    groups = []
+    for rate, members in ((lr, [p for p in params if id(p) not in head]), (head_lr, [p for p in params if id(p) in head])):
+        groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": weight_decay, "lr": rate},
+                   {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": rate}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -356,6 +382,7 @@ def evaluate(
     max_generate: int | None = 0,
     max_new_tokens: int = 256,
     device=None,
+    per_example: bool = False,
 ) -> dict:
     """Metrics on ``dataset`` (model in eval mode, no grad; the previous train/eval mode is restored).
 
@@ -363,6 +390,11 @@ def evaluate(
     * causal_lm -> ``{"answer_loss", "exact_match", "n_generated"}``: ``answer_loss`` is the teacher-forced
       cross-entropy averaged over all solution tokens; ``exact_match`` is over the first ``max_generate``
       rows (None = all, 0 = skip, then it is None), answered by greedy generation.
+
+    ``per_example=True`` adds ``"per_example"``, in the dataset's own order (what a paired bootstrap over test
+    examples resamples): classification ``{"predicted", "label"}`` (class ids); causal_lm ``{"answer_loss_sum",
+    "answer_tokens", "exact_match"}`` (each problem's summed token loss and its number of solution tokens, so a
+    resample's token-weighted mean is exact; 0/1 per generated problem).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -370,27 +402,43 @@ def evaluate(
     try:
         with torch.no_grad():
             total_loss, count, correct = 0.0, 0, 0
+            rows: dict[str, list] = {"predicted": [], "label": []} if kind == "classification" else \
+                {"answer_loss_sum": [], "answer_tokens": []}
             for batch in make_loader(dataset, tokenizer, kind, batch_size, max_length):
                 batch = _to_device(batch, device)
                 out = model(**batch)
                 if kind == "classification":
                     n = batch["labels"].numel()
-                    correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+                    predicted = out.logits.argmax(-1)
+                    correct += (predicted == batch["labels"]).sum().item()
+                    if per_example:
+                        rows["predicted"] += predicted.tolist()
+                        rows["label"] += batch["labels"].tolist()
                 else:  # HF shifts labels by one and averages over the non-ignored targets
-                    n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+                    targets = batch["labels"][:, 1:]
+                    n = (targets != IGNORE_INDEX).sum().item()
+                    if per_example:  # each problem's own summed token loss (the batch mean hides it)
+                        token_loss = torch.nn.functional.cross_entropy(
+                            out.logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                            reduction="none")
+                        rows["answer_loss_sum"] += token_loss.sum(1).tolist()
+                        rows["answer_tokens"] += (targets != IGNORE_INDEX).sum(1).tolist()
                 total_loss += out.loss.item() * n
                 count += n
             if kind == "classification":
-                return {"accuracy": correct / max(count, 1), "loss": total_loss / max(count, 1)}
+                metrics = {"accuracy": correct / max(count, 1), "loss": total_loss / max(count, 1)}
+                return {**metrics, "per_example": rows} if per_example else metrics
 
             n_gen = len(dataset) if max_generate is None else min(max_generate, len(dataset))
-            exact = None
+            exact, matched = None, []
             if n_gen:
-                rows = dataset.select(range(n_gen)) if hasattr(dataset, "select") else dataset[:n_gen]
-                texts = generate_answers(model, [r["question"] for r in rows], tokenizer, batch_size,
+                problems = dataset.select(range(n_gen)) if hasattr(dataset, "select") else dataset[:n_gen]
+                texts = generate_answers(model, [r["question"] for r in problems], tokenizer, batch_size,
                                          max_new_tokens, device)
-                exact = sum(answers_match(parse_answer(t), r["answer"]) for t, r in zip(texts, rows)) / n_gen
-            return {"answer_loss": total_loss / max(count, 1), "exact_match": exact, "n_generated": n_gen}
+                matched = [int(answers_match(parse_answer(t), r["answer"])) for t, r in zip(texts, problems)]
+                exact = sum(matched) / n_gen
+            metrics = {"answer_loss": total_loss / max(count, 1), "exact_match": exact, "n_generated": n_gen}
+            return {**metrics, "per_example": {**rows, "exact_match": matched}} if per_example else metrics
     finally:
         model.train(was_training)
 
@@ -422,6 +470,7 @@ def train(
     scheduler=None,
     out_dir=None,
     show_progress: bool = True,
+    predictions: dict | None = None,
 ) -> dict:
     """Train ``model`` on ``task.train`` for ``config.max_steps`` optimizer steps; return the history.
 
@@ -440,6 +489,9 @@ def train(
     skipped on inf/NaN gradients; always empty otherwise) and ``status`` ("ok"; a failure's history says
     "diverged" or "failed", with ``error`` and ``failed_at_step``).
     Written to ``out_dir/history.json`` when ``out_dir`` is given.
+
+    ``predictions``: a dict to fill with the final evaluations' per-example rows (``{"validation": ..., "test":
+    ...}``, see :func:`evaluate`'s ``per_example``); the caller writes them (``predictions.json`` of a run).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -461,19 +513,26 @@ def train(
     batches = _forever(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
-        optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        optimizer = make_optimizer(model, config.lr, config.weight_decay, config.head_lr, config.head_modules)
+    elif config.head_lr is not None:
+        raise ValueError(f"head_lr applies to the default AdamW; the method's own optimizer "
+                         f"({type(optimizer).__name__}) sets its rates itself, got head_lr={config.head_lr!r}")
     if scheduler is None:
         scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps)
     n_trainable, n_total = count_parameters(model)
     # DDP under torchrun: averages gradients in backward.
     forward_model = distributed.wrap(model, device, getattr(optimizer, "ddp_find_unused_parameters", False))
 
-    def run_eval(dataset, generate, split):
+    def run_eval(dataset, generate, split, final=False):
         with amp.autocast():
-            return _check_finite_metrics(_rounded(evaluate(
-                model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
-                config.max_generate if generate else 0, config.max_new_tokens, device,
-            )), split)
+            metrics = evaluate(model, dataset, tokenizer, task.kind, config.eval_batch_size, config.max_length,
+                               config.max_generate if generate else 0, config.max_new_tokens, device,
+                               per_example=final and predictions is not None)
+        rows = metrics.pop("per_example", None)
+        metrics = _check_finite_metrics(_rounded(metrics), split)
+        if rows is not None:  # only after the finite check: a diverged run records no predictions
+            predictions[split] = rows
+        return metrics
 
     history = {
         "config": config.to_dict(), "task": task.name, "kind": task.kind, "device": str(device),
@@ -520,9 +579,9 @@ def train(
         bar.close()  # before the final evaluation prints anything
 
         check_finite_parameters(model)  # the last update is not followed by a loss that would reveal it
-        validation = run_eval(task.validation, True, "validation")
+        validation = run_eval(task.validation, True, "validation", final=True)
         history["evals"].append({"step": config.max_steps, **validation})
-        test = run_eval(task.test, True, "test") if task.test is not None and len(task.test) else None
+        test = run_eval(task.test, True, "test", final=True) if task.test is not None and len(task.test) else None
         history["final"] = {"validation": validation, "test": test}
         history["median_step_time_s"] = statistics.median(history["step_time_s"])
         history["peak_memory_mb"], history["peak_memory_kind"] = peak_memory_mb(device)

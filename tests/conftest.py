@@ -26,9 +26,12 @@ def compare_in_process(monkeypatch):
     """Make ``compare`` train each run in this process through the CLI's ``main`` (no interpreter start-up per
     run, and methods registered by a test exist there too). One test keeps the real subprocess path."""
     from lowrank_lab import cli, compare
+    from lowrank_lab.compare import runs
 
-    def run(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None):
-        code = cli.main(compare.train_arguments(method, task_name, model_name, scale, seed, r, run_dir, False, lr, extra))
+    def run(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None,
+            head_lr=None):
+        code = cli.main(compare.train_arguments(method, task_name, model_name, scale, seed, r, run_dir, False, lr, extra,
+                                                head_lr))
         return "" if code == 0 else f"exit {code}"
 
-    monkeypatch.setattr(compare, "_train_in_subprocess", run)
+    monkeypatch.setattr(runs, "_train_in_subprocess", run)

@@ -38,7 +38,8 @@ def test_each_run_is_its_own_process(tmp_path):
     """The real path: ``python -m lowrank_lab train`` children (the test above runs them in-process)."""
     out = tmp_path / "cmp"
     results = compare("sentiment", scale="smoke", seeds=1, out=out, methods=("lora",), show_progress=False)
-    metrics = json.loads((out / "runs" / "lora-s0" / "metrics.json").read_text())
+    metrics = json.loads((out / "runs" / "lora-s1" / "metrics.json").read_text())
+    assert (out / "runs" / "lora-s1" / "predictions.json").exists() and "retained" in metrics and "intruders" in metrics
     assert results["runs"][0]["status"] == metrics["status"] == "ok" and metrics["peak_memory_mb"] > 0
 
 
@@ -63,39 +64,131 @@ def test_a_budget_no_rank_can_meet_is_refused_before_any_run():
         plan(("lora", "bone"), "sentiment", "minilm", r=512)
 
 
-def _results(higher=True, **per_seed):
-    """A results dict with one run per (method, seed): per_seed = {method: [test values], ...}; step times
-    come from a ``<method>_time`` list when given."""
-    runs = [{"method": m, "seed": seed, "status": "ok", "test_metric_value": value,
-             "median_step_time_s": per_seed.get(f"{m}_time", [0.1] * len(values))[seed]}
-            for m, values in per_seed.items() if not m.endswith("_time") for seed, value in enumerate(values)]
-    table = {m: {"trainable_params": 1000} for m in per_seed if not m.endswith("_time")}
-    return {"metric": "accuracy", "higher_is_better": higher, "scale": "cpu", "seeds": 5, "task": "t",
-            "model": "m", "table": table, "runs": runs}
+def _study(folder, per_seed: dict, statuses: dict | None = None, **extra) -> dict:
+    """A study folder with one fake run per (method, seed): ``per_seed = {method: [test accuracy per seed]}`` (seeds
+    1, 2, ...; validation = test), written as ``train`` writes them; returns its results dict."""
+    runs = []
+    for method, values in per_seed.items():
+        for seed, value in enumerate(values, start=1):
+            status = (statuses or {}).get((method, seed), "ok")
+            run_dir = folder / "runs" / f"{method}-s{seed}"
+            options = extra.get(method, {})
+            fake_files(run_dir, {}, method, seed, 1e-3, value, value, status=status, **options)
+            if status != "ok":
+                files.write_json(run_dir / "metrics.json", {"status": status, "method": method, "seed": seed,
+                                                            "metric": "accuracy", "metric_value": None,
+                                                            "test_metric_value": None})
+            runs.append({**files.read_json(run_dir / "metrics.json"), "folder": run_dir.name})
+    table = {m: {"trainable_params": 1000} for m in per_seed}
+    return {"metric": "accuracy", "higher_is_better": True, "scale": "cpu", "seeds": 5, "task": "t", "model": "m",
+            "table": table, "runs": runs}
 
 
-def test_verdicts_are_three_way_from_the_paired_ci():
+def test_verdicts_have_four_outcomes_from_seeds_and_examples(tmp_path, monkeypatch):
     from lowrank_lab.compare import reproduction_rows
 
-    lora = [0.80, 0.82, 0.78, 0.81, 0.79]
-    rows = {(r["method"], r["kind"]): r for r in reproduction_rows(_results(
-        full=[v + 0.10 for v in lora], lora=lora,
-        **{"lora-pro": [v + 0.05 + 0.002 * (i - 2) for i, v in enumerate(lora)]},  # always better: tight CI above 0
-        bone=[0.79, 0.84, 0.76, 0.80, 0.80],  # better on two seeds, worse on two: CI covers 0
-        bat=[v - 0.03 for v in [0.79, 0.84, 0.76, 0.80, 0.80]],  # always worse than bone
-        bone_time=[0.09] * 5, lora_time=[0.1] * 5))}
-    assert rows[("lora-pro", "better")]["verdict"] == "reproduced"
-    assert rows[("lora-pro", "better")]["ci95"][0] > 0 and rows[("lora-pro", "better")]["n"] == 5
-    assert "gap to full FT closed: 50%" in rows[("lora-pro", "better")]["measured"]
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)  # no step-time benchmark there
+    lora = [0.800, 0.820, 0.780, 0.810, 0.790]
+    results = _study(tmp_path / "s", {
+        "full": [v + 0.10 for v in lora], "lora": lora,
+        "lora-pro": [v + 0.06 for v in lora],  # always 6 points better, the same examples: reproduced
+        "bone": [v + 0.0025 * (-1) ** i for i, v in enumerate(lora)],  # within a point of LoRA on every seed
+        "bat": [v - 0.08 for v in lora]})  # far below bone
+    rows = {(r["method"], r["kind"]): r for r in reproduction_rows(results, tmp_path / "s")}
+    better = rows[("lora-pro", "better")]
+    assert better["verdict"] == better["verdict_holm"] == "reproduced" and better["n"] == 5
+    assert better["ci95"][0] > 0 and better["ci95_seeds"] is not None and better["sesoi"] == 0.01
+    assert "gap to full FT closed: 60%" in better["measured"]
     assert rows[("lora", "matches")]["verdict"] == "contradicted"  # 0.10 worse, tolerance 0.02
-    assert rows[("bone", "better")]["verdict"] == "inconclusive"
-    assert rows[("bone", "faster")]["verdict"] == "reproduced" and rows[("bone", "faster")]["split"] == "median_step_time_s"
+    assert rows[("bone", "better")]["verdict"] in ("equivalent", "inconclusive")
     assert rows[("bat", "better")]["verdict"] == "contradicted"
-    assert ("gelora", "better") not in {(r["method"], r["kind"]) for r in rows.values()}  # not in the table
-    lower = reproduction_rows(_results(higher=False, lora=[2.0, 2.1, 1.9], **{"lora-pro": [1.5, 1.7, 1.4]}))
-    assert lower[0]["verdict"] == "reproduced" and lower[0]["split"] == "test"  # lower loss is better
-    one_seed = reproduction_rows(_results(lora=[0.5], **{"lora-pro": [0.9]}))
-    assert one_seed[0]["verdict"] == "inconclusive" and one_seed[0]["ci95"] is None
+    speed = rows[("bone", "faster")]
+    assert speed["verdict"] == "no verdict" and "step-time benchmark" in speed["reason"]  # never from runs' s/step
+    assert ("gelora", "better") not in rows  # not in the table
+    for row in rows.values():  # the family's adjustment never makes a verdict stronger
+        assert row["verdict_holm"] in (row["verdict"], "inconclusive")
+
+
+def test_an_arm_that_did_not_learn_gets_no_verdict(tmp_path, monkeypatch):
+    from lowrank_lab.compare import reproduction_rows
+
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)
+    results = _study(tmp_path / "s", {"lora": [0.52, 0.50, 0.51], "bone": [0.30, 0.31, 0.29]},
+                     lora={"train_loss": 0.69}, bone={"train_loss": 0.69})
+    row = next(r for r in reproduction_rows(results, tmp_path / "s") if r["kind"] == "better")
+    assert row["verdict"] == row["verdict_holm"] == "no verdict" and "did not learn" in row["reason"]
+    assert row["ci95"] is None
+
+
+def test_a_zero_width_interval_and_one_seed_are_never_evidence(tmp_path, monkeypatch):
+    from lowrank_lab.compare import reproduction_rows
+
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)
+    same = _study(tmp_path / "a", {"lora": [0.8, 0.8, 0.8], "bone": [0.8, 0.8, 0.8]})
+    row = next(r for r in reproduction_rows(same, tmp_path / "a") if r["kind"] == "better")
+    assert row["verdict"] == "no verdict" and "spread" in row["reason"]
+    one = _study(tmp_path / "b", {"lora": [0.8], "bone": [0.9]})
+    row = next(r for r in reproduction_rows(one, tmp_path / "b") if r["kind"] == "better")
+    assert row["verdict"] == "no verdict" and "fewer than 2 seeds" in row["reason"]
+
+
+def test_diverged_seeds_count_as_the_worst_outcome(tmp_path, monkeypatch):
+    from lowrank_lab.compare import reproduction_rows
+
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)
+    # bone is 5 points better on its two survivors, but diverged on 3 of 5 seeds: not "reproduced"
+    results = _study(tmp_path / "s", {"lora": [0.80, 0.81, 0.79, 0.80, 0.82], "bone": [0.85, 0.86, 0, 0, 0]},
+                     statuses={("bone", 3): "diverged", ("bone", 4): "diverged", ("bone", 5): "diverged"})
+    row = next(r for r in reproduction_rows(results, tmp_path / "s") if r["kind"] == "better")
+    assert row["n"] == 5 and "diverged on 3 of 5 seeds" in row["measured"]
+    assert row["verdict"] != "reproduced" and row["difference"] < 0
+
+
+def test_forgetting_and_intruder_claims_use_the_same_machinery(tmp_path, monkeypatch):
+    from lowrank_lab.compare import reproduction_rows
+
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)
+    results = _study(tmp_path / "s", {"full": [0.90, 0.91, 0.92, 0.90, 0.91], "lora": [0.86, 0.87, 0.88, 0.86, 0.87]},
+                     full={"retained": 0.70, "intruders": 0}, lora={"retained": 0.85, "intruders": 3})
+    # the intruder counts differ per seed in real runs; here they are constant, which is never evidence
+    rows = {r["kind"]: r for r in reproduction_rows(results, tmp_path / "s")}
+    assert rows["forgets_less"]["verdict"] == "reproduced" and rows["forgets_less"]["difference"] > 0.1
+    assert rows["more_intruders"]["verdict"] == "no verdict"
+
+
+N_FAKE = 400  # examples per split in the fake runs below
+
+
+def fake_files(run_dir, spec, method, seed, lr, val, test, status="ok", train_loss=0.5, retained=None,
+               intruders=None, n=N_FAKE, uniform_loss=0.693):
+    """Write what ``python -m lowrank_lab train`` writes for a finished run with validation accuracy ``val`` and
+    test accuracy ``test`` on ``n`` examples per split: history.json, predictions.json, metrics.json (last).
+    Correct examples are the first ones (so two runs of similar accuracy agree on most examples, as real runs do)."""
+    from lowrank_lab import files
+
+    k_val, k_test = round(val * n), round(test * n)
+    val, test = k_val / n, k_test / n
+    files.write_json(run_dir / "history.json", {"step": [1], "train_loss": [train_loss], "evals": [], "lr": [lr],
+                                                "final": {"validation": {"accuracy": val, "loss": 0.3},
+                                                          "test": {"accuracy": test, "loss": 0.3}}})
+    labels = [i % 2 for i in range(n)]
+    predictions = {split: {"label": labels, "predicted": [y if i < k else 1 - y for i, y in enumerate(labels)]}
+                   for split, k in (("validation", k_val), ("test", k_test))}
+    if retained is not None:
+        k = round(retained * n)
+        predictions["retained"] = {"spam": [1] * k + [0] * (n - k)}
+    files.write_json(run_dir / "predictions.json", predictions)
+    metrics = {"run_spec": spec, "status": status, "method": method, "seed": seed, "lr": lr, "metric": "accuracy",
+               "higher_is_better": True, "metric_value": val, "validation": {"loss": 0.3, "accuracy": val},
+               "test_metric_value": test, "trainable_params": 100, "total_params": 1000, "median_step_time_s": 0.1,
+               "peak_memory_mb": 10.0, "wall_time_s": 1.0, "final_train_loss": train_loss,
+               "baselines": {"majority_validation": 0.5, "n_validation": n, "uniform_loss": uniform_loss,
+                             "num_labels": 2, "initial_train_loss": 0.7}}
+    if retained is not None:
+        metrics["retained"] = {"probe_accuracy": k / n, "base_probe_accuracy": 0.9, "cka": 0.99}
+    if intruders is not None:
+        metrics["intruders"] = {"epsilons": [0.5], "counts": [intruders], "count": intruders, "epsilon": 0.5}
+    files.write_json(run_dir / "metrics.json", metrics)
 
 
 def fake_child(val_best: float, test_best: float):
@@ -103,59 +196,65 @@ def fake_child(val_best: float, test_best: float):
     write) whose validation accuracy peaks at lr = val_best and whose test accuracy peaks at lr = test_best."""
     import math
 
-    from lowrank_lab import experiment, files, recipes
+    from lowrank_lab import experiment, recipes
 
-    def child(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None):
-        lr = lr if lr is not None else compare_module.presets.learning_rate(method, "classification")
+    def child(method, task_name, model_name, scale, seed, r, run_dir, show_progress, lr=None, extra=None, threads=None,
+              head_lr=None):
+        lr = lr if lr is not None else compare_module.study.presets.learning_rate(method, "classification")
+        overrides = {"lr": lr, **({"head_lr": head_lr} if head_lr is not None else {})}
         spec = experiment.run_spec(method, task_name, model_name, scale, seed,
-                                   recipes.MethodOptions(r=r, extra=extra or {}), {"lr": lr})
-        peak = lambda best: 0.9 - 0.1 * abs(math.log2(lr / best)) + 0.001 * seed
-        files.write_json(run_dir / "history.json", {"step": [1], "train_loss": [0.5], "evals": [], "lr": [lr]})
-        files.write_json(run_dir / "metrics.json", {
-            "run_spec": spec, "status": "ok", "method": method, "seed": seed, "lr": lr, "metric": "accuracy",
-            "higher_is_better": True, "metric_value": peak(val_best), "validation": {"loss": 0.3},
-            "test_metric_value": peak(test_best), "trainable_params": 100, "total_params": 1000,
-            "median_step_time_s": 0.1, "peak_memory_mb": 10.0, "wall_time_s": 1.0, "final_train_loss": 0.5})
+                                   recipes.MethodOptions(r=r, extra=extra or {}), overrides)
+        peak = lambda best: 0.9 - 0.1 * abs(math.log2(lr / best)) + 0.0025 * seed
+        fake_files(run_dir, spec, method, seed, lr, peak(val_best), peak(test_best))
         return ""
     return child
 
 
 def test_tune_lr_selects_on_validation_never_test_and_widens_an_edge(tmp_path, monkeypatch):
     # validation peaks at 5x the default (the grid's edge: one more point is added), test at the default
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
     results = compare("sentiment", scale="smoke", seeds=3, out=tmp_path / "c", methods=("lora", "full"),
                       tune=True, show_progress=False)
     lora = results["tuning"]["lora"]
-    assert [g["lr"] for g in lora["lr_grid"]] == [5e-4, 1e-3, 2e-3, 5e-3, 1e-2]  # the 1-2-5 lattice, widened once
+    # the 1-2-5 lattice, widened past the winning edge, then next to the best until 6 configurations
+    assert [g["lr"] for g in lora["lr_grid"]] == [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
     assert lora["lr_selected"] == 5e-3 and lora["edge"] is None and lora["selected_on"] == "validation"
+    assert lora["tune_seeds"] == [0] and lora["configurations"] == 6 and lora["cliff"] is False
     assert all(set(g) >= {"lr", "validation", "status"} for g in lora["lr_grid"])
     assert results["settings"]["lora"]["lr"] == 5e-3
-    assert {r["folder"] for r in results["runs"] if r["method"] == "lora"} == {f"lora-lr0.005-s{s}" for s in range(3)}
+    assert {r["folder"] for r in results["runs"] if r["method"] == "lora"} == {f"lora-lr0.005-s{s}" for s in (1, 2, 3)}
+    assert results["report_seeds"] == [1, 2, 3]  # the tuning seed is never reported
     saved = json.loads((tmp_path / "c" / "results.json").read_text())
     full = saved["tuning"]["full"]  # its default 5e-5 is far below 5e-3: the grid widens twice, then says so
     assert [g["lr"] for g in full["lr_grid"]] == [2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
     assert full["lr_selected"] == 1e-3 and full["edge"] == "high"
     for row in saved["reproduction"]:
-        assert row["verdict"] in ("reproduced", "contradicted", "inconclusive") and len(row["ci95"]) == 2
+        assert row["verdict"] in ("reproduced", "contradicted", "equivalent", "inconclusive", "no verdict")
+        assert row["verdict_holm"] and (row["verdict"] == "no verdict" or len(row["ci95"]) == 2)
     for figure in ("lr_sensitivity.png", "paired_differences.png"):
         assert (tmp_path / "c" / figure).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_tune_lr_runs_xgblora_knobs_at_the_selected_rate(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-2, test_best=1e-2))
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=1e-2, test_best=1e-2))
     results = compare("sentiment", scale="smoke", seeds=1, out=tmp_path / "c", methods=("xgblora",), tune=True,
                       show_progress=False)
     tuning = results["tuning"]["xgblora"]
     assert tuning["lr_selected"] == 0.01
-    assert {(k["blocks_per_round"], k["steps_per_round"]) for k in tuning["knob_grid"]} == {(2, 1), (6, 1)}
+    # one knob at a time around the default (2 blocks, kappa 1 at smoke); kappa's neighbour equals it at 8 steps
+    assert [(k["blocks_per_round"], k["steps_per_round"]) for k in tuning["knob_grid"] if not k.get("default")] == [(6, 1)]
     assert results["settings"]["xgblora"]["extra"] == tuning["knobs_selected"]
+    assert tuning["configurations"] == compare_module.TUNING_BUDGET == len(tuning["lr_grid"]) + 1
 
 
 def test_shared_lr_gives_every_adapter_one_rate_and_full_ft_its_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
     results = compare("sentiment", scale="smoke", seeds=2, out=tmp_path / "c", methods=("full", "lora", "bone"),
                       shared_lr=2e-5, show_progress=False)
     assert {m: s["lr"] for m, s in results["settings"].items()} == {"full": 5e-5, "lora": 2e-5, "bone": 2e-5}
+    assert results["head_lr"] == compare_module.HEAD_LR  # the new head learns at one rate for every method
+    assert {r["folder"] for r in results["runs"] if r["method"] == "lora"} == {"lora-lr2e-05-head0.001-s1",
+                                                                            "lora-lr2e-05-head0.001-s2"}
     assert "one shared learning rate 2e-05" in compare_module.markdown(results)
 
 
@@ -170,19 +269,19 @@ def test_tune_lr_at_smoke_through_the_cli(tmp_path, compare_in_process, capsys):
     best = max((g for g in tuning["lr_grid"] if g["status"] == "ok"),
                key=lambda g: (g["validation"], -g["validation_loss"], -g["lr"]))
     assert best["lr"] == tuning["lr_selected"]  # chosen by validation (accuracy, then loss)
-    assert [r["seed"] for r in saved["runs"]] == [0, 1] and saved["settings"]["lora"]["lr"] == tuning["lr_selected"]
+    assert [r["seed"] for r in saved["runs"]] == [1, 2] and saved["settings"]["lora"]["lr"] == tuning["lr_selected"]
     assert "lr" in (out / "table.md").read_text() and "selected on validation" in (out / "table.md").read_text()
 
 
 def test_report_re_renders_the_tables_in_compare_order(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
     out = tmp_path / "c"
     compare("sentiment", scale="smoke", seeds=2, out=out, methods=("lora", "full", "bone"), show_progress=False)
     (out / "reproduction.md").write_text("stale")
     assert cli.main(["report", str(out), "--write"]) == 0
     printed = capsys.readouterr().out
     assert printed.index("| lora |") < printed.index("| full |") < printed.index("| bone |")  # not sorted keys
-    assert "**inconclusive**" in (out / "reproduction.md").read_text()  # recomputed, not the stale file
+    assert "Outcomes (Holm)" in (out / "reproduction.md").read_text()  # recomputed, not the stale file
     assert (out / "paired_differences.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["report", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
 
@@ -192,7 +291,7 @@ def test_readme_tables_are_rendered_from_the_committed_studies():
     # sections equal what `report FOLDER --readme` renders from the committed files now
     text = compare_module.README.read_text()
     folders = compare_module.readme_folders(text)
-    assert "results/compare-sentiment-minilm-cpu" in folders
+    assert "results/study-trec-minilm-cpu" in folders
     for folder in folders:
         shown = files.section(text, *compare_module.readme_markers(folder))
         assert shown == compare_module.readme_section(folder), \
@@ -200,7 +299,7 @@ def test_readme_tables_are_rendered_from_the_committed_studies():
 
 
 def test_report_readme_rewrites_only_between_its_markers(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=5e-3, test_best=1e-3))
     compare("sentiment", scale="smoke", seeds=2, out=tmp_path / "results" / "s", methods=("lora", "full"),
             tune=True, show_progress=False)
     readme = tmp_path / "README.md"
@@ -209,7 +308,7 @@ def test_report_readme_rewrites_only_between_its_markers(tmp_path, monkeypatch):
     text = compare_module.write_readme_sections(readme=readme)
     assert text.startswith(f"intro\n{start}\n") and text.endswith(f"\n{end}\nafter\n") and "old table" not in text
     assert "**0.005: 0.9000**" in text  # the selected rate, bold, with its validation accuracy
-    assert "| lora |" in text and "Compute: 13 runs" in text  # 5 + 6 grid points (lora, full), seed 1 of each
+    assert "| lora |" in text and "Compute: 16 runs" in text  # 6 + 6 tuning runs (lora, full), seeds 1-2 of each
     assert "](results/s/lr_sensitivity.png)" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="the tables of results/s go between the lines"):
@@ -224,15 +323,27 @@ def test_replace_section_refuses_a_missing_or_repeated_marker():
             files.replace_section(text, "<s>", "<e>", "y", "README.md")
 
 
-def test_the_committed_main_job_repeats_the_studys_seed_0_runs():
-    # the README says so: the main job runs each method at the rate the trec study selected, seed 0
+def test_the_committed_main_job_repeats_the_studys_runs_on_the_same_cpu_kind():
+    # the README says so: the main job runs each method at the rate the trec study selected. Same seed, same numbers
+    # on the same CPU kind; on another kind floating-point kernels differ, so within the study's seed spread.
+    import statistics
+
     main, study = (compare_module.committed_results(n) for n in ("main-job-trec-minilm-cpu", "study-trec-minilm-cpu"))
     if main is None or study is None:
         pytest.skip("the committed studies are not in this checkout")
+    compared = 0
     for run in main["runs"]:
-        twin = next(r for r in study["runs"] if r["method"] == run["method"] and r["seed"] == 0)
-        assert (run["metric_value"], run["test_metric_value"]) == (twin["metric_value"], twin["test_metric_value"]), \
-            run["method"]
+        twin = next((r for r in study["runs"] if r["method"] == run["method"] and r["seed"] == run["seed"]), None)
+        if twin is None:
+            continue
+        compared += 1
+        if run.get("cpu_capability") and run.get("cpu_capability") == twin.get("cpu_capability"):
+            assert (run["metric_value"], run["test_metric_value"]) == (twin["metric_value"], twin["test_metric_value"])
+        else:
+            values = [r["test_metric_value"] for r in study["runs"] if r["method"] == run["method"]
+                      and r.get("status", "ok") == "ok"]
+            assert abs(run["test_metric_value"] - statistics.fmean(values)) <= 3 * statistics.stdev(values) + 1e-9
+    assert compared or pytest.skip("the main job and the study share no seed (being rerun)")
 
 
 def test_lessons_pair_the_studys_test_values_and_fall_back_to_their_own_runs(tmp_path, monkeypatch):
@@ -246,12 +357,12 @@ def test_lessons_pair_the_studys_test_values_and_fall_back_to_their_own_runs(tmp
              "command": "python -m lowrank_lab compare ..."}
     (tmp_path / "newer").mkdir()
     files.write_json(tmp_path / "newer" / "results.json", study)
-    monkeypatch.setattr(compare_module, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)
 
     values, table, source = compare_module.multi_seed_evidence(["bone", "lora"], [], names=("missing", "newer"))
     assert values == {"bone": {0: 0.60, 1: 0.61}, "lora": {0: 0.70, 1: 0.71}}  # test, and the diverged run left out
     assert table["bone"]["mean"] == pytest.approx(0.605) and table["bone"]["diverged"] == 1
-    assert source.startswith("committed study results/newer/")
+    assert source.startswith("results/newer/")
     # a study without one of the methods is passed over; the lesson's own runs stand in, on test as well
     own = [run("gelora", 0, 0.99, 0.55), run("lora", 0, 0.98, 0.50)]
     values, table, source = compare_module.multi_seed_evidence(["gelora", "lora"], own, names=("newer",))

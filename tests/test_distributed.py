@@ -70,7 +70,10 @@ def test_two_gloo_processes_match_one_process_on_the_full_batch(method, two_proc
     assert set(ranks[0]) == set(single) and len(single) > 0
     for name, expected in single.items():
         assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between ranks"
-        torch.testing.assert_close(ranks[0][name], expected, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        # LoRA-Pro's Sylvester solve amplifies the all-reduce's different summation order: on AVX-512 kernels one
+        # element in 704 lands 3e-5 off (measured); every other method stays within 2e-5
+        atol = 5e-5 if method.startswith("lora-pro") else 2e-5
+        torch.testing.assert_close(ranks[0][name], expected, atol=atol, rtol=1e-4, msg=lambda m: f"{name}: {m}")
     start = {k: v for k, v in _untrained(method).items()}
     assert any(not torch.equal(single[k], start[k]) for k in single)  # training moved something
 

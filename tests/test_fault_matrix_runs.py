@@ -65,7 +65,7 @@ def broken_methods(monkeypatch):
 def no_runs(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compare started a run it should have reused or refused")
-    monkeypatch.setattr(compare_module, "_train_in_subprocess", refuse)
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess", refuse)
 
 
 # ------------------------------------------------------------------ 2: non-finite on the last step
@@ -115,8 +115,8 @@ def test_02_compare_records_the_diverged_run_and_goes_on(tmp_path, capsys, broke
 def lora_r8_run(tmp_path_factory):
     """A finished smoke LoRA run at r=8, exactly as compare would have made it."""
     out = tmp_path_factory.mktemp("resume") / "cmp"
-    run_dir = compare_module._run_dir(out, "lora", 0)
-    assert cli.main(["train", "--method", "lora", "--model", "minilm", *SMOKE, "--seed", "0", "--r", "8",
+    run_dir = compare_module._run_dir(out, "lora", 1)  # seed 1: compare's first reporting seed
+    assert cli.main(["train", "--method", "lora", "--model", "minilm", *SMOKE, "--seed", "1", "--r", "8",
                      "--out", str(run_dir)]) == 0
     return out
 
@@ -142,18 +142,18 @@ def test_03_a_run_with_other_settings_is_refused_naming_the_difference(lora_r8_r
     no_runs(monkeypatch)
     out = copy_of(lora_r8_run, tmp_path)
     if "lr" in change:  # a changed default learning rate makes every old run another run
-        monkeypatch.setitem(compare_module.presets.LEARNING_RATES, "lora",
+        monkeypatch.setitem(compare_module.study.presets.LEARNING_RATES, "lora",
                             {"classification": change["lr"], "causal_lm": 2e-4})
     with pytest.raises(ValueError, match="other settings") as caught:
         compare("sentiment", scale="smoke", seeds=1, out=out, methods=("lora",), r=change.get("r", 8),
                 show_progress=False)
-    assert named in str(caught.value) and "lora-s0" in str(caught.value)
+    assert named in str(caught.value) and "lora-s1" in str(caught.value)
 
 
 def test_03_a_run_without_a_record_of_its_settings_is_refused(lora_r8_run, tmp_path, monkeypatch, capsys):
     no_runs(monkeypatch)
     out = copy_of(lora_r8_run, tmp_path)
-    path = out / "runs" / "lora-s0" / "metrics.json"
+    path = out / "runs" / "lora-s1" / "metrics.json"
     metrics = files.read_json(path)
     del metrics["run_spec"]
     files.write_json(path, metrics)
@@ -167,7 +167,7 @@ def test_03_a_run_without_a_record_of_its_settings_is_refused(lora_r8_run, tmp_p
 
 def test_10_a_truncated_run_file_is_named_and_re_run(lora_r8_run, tmp_path, capsys, compare_in_process):
     out = copy_of(lora_r8_run, tmp_path)
-    path = out / "runs" / "lora-s0" / "metrics.json"
+    path = out / "runs" / "lora-s1" / "metrics.json"
     path.write_text(path.read_text()[:100])  # what a plain write interrupted half-way leaves
     results = compare("sentiment", scale="smoke", seeds=1, out=out, methods=("lora",), show_progress=False)
     assert f"re-running: cannot read {path}" in capsys.readouterr().out
@@ -244,7 +244,7 @@ def test_11_a_failed_run_is_retried_by_compare_and_the_command_exits_3(tmp_path,
     argv = ["compare", "--task", "sentiment", "--scale", "smoke", "--methods", "lora-crash", "--out", str(out),
             "--quiet"]
     assert cli.main(argv) == cli.TRAINING_FAILED
-    assert "1 run(s) failed: lora-crash seed 0" in capsys.readouterr().err
+    assert "1 run(s) failed: lora-crash seed 1" in capsys.readouterr().err
     assert cli.main(argv) == cli.TRAINING_FAILED  # retried, not reused
     assert "re-running: its last attempt failed" in capsys.readouterr().out
 
@@ -286,7 +286,7 @@ def test_13_a_method_listed_twice_is_refused(tmp_path, capsys):
 
 
 def test_metrics_record_the_effective_alpha_and_scale(lora_r8_run):
-    metrics = json.loads((lora_r8_run / "runs" / "lora-s0" / "metrics.json").read_text())
+    metrics = json.loads((lora_r8_run / "runs" / "lora-s1" / "metrics.json").read_text())
     assert metrics["alpha"] == 16.0 and metrics["scaling"] == 2.0 and metrics["use_rslora"] is False  # 2r / r
 
 

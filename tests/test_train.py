@@ -172,3 +172,43 @@ def test_answer_parsing(text, answer):
     assert parse_answer(text) == answer
     assert answers_match(parse_answer(text), answer)
     assert not answers_match(parse_answer("no number"), answer)
+
+
+def test_per_example_predictions_reproduce_the_metrics(tok, sentiment, gsm):
+    """predictions.json's rows are what a bootstrap resamples: they must give back the reported metrics exactly
+    (accuracy from predicted vs label; the token-weighted answer loss from per-problem sums and token counts)."""
+    predictions = {}
+    history = train(tiny_classifier(), sentiment, tok, config(max_steps=2), predictions=predictions)
+    for split in ("validation", "test"):
+        rows = predictions[split]
+        assert len(rows["predicted"]) == len(rows["label"]) == len(getattr(sentiment, split))
+        accuracy = sum(p == y for p, y in zip(rows["predicted"], rows["label"])) / len(rows["label"])
+        assert accuracy == pytest.approx(history["final"][split]["accuracy"], abs=1e-6)
+    assert rows["label"] == list(sentiment.test["label"])  # the split's own order
+    torch.manual_seed(0)
+    model = load_model("tiny-llama", "causal_lm")
+    predictions = {}
+    history = train(model, gsm, tok, config(max_steps=2, max_generate=2, max_new_tokens=4), predictions=predictions)
+    rows = predictions["validation"]
+    assert len(rows["answer_loss_sum"]) == len(rows["answer_tokens"]) == len(gsm.validation)
+    assert sum(rows["answer_loss_sum"]) / sum(rows["answer_tokens"]) == pytest.approx(
+        history["final"]["validation"]["answer_loss"], rel=1e-5)
+    assert len(rows["exact_match"]) == 2 and set(rows["exact_match"]) <= {0, 1}
+
+
+def test_head_lr_gives_the_head_its_own_rate_and_refuses_other_optimizers(tok, sentiment):
+    from lowrank_lab.train import make_optimizer
+
+    model = recipes.prepare("lora", tiny_classifier(), "tiny-llama", sentiment, {"r": 4})
+    head = {"score"}
+    optimizer = make_optimizer(model, 2e-5, head_lr=1e-3, head_modules=head)
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert {rates[id(p)] for p in model.score.parameters()} == {1e-3}
+    assert {rates[id(p)] for n, p in model.named_parameters() if p.requires_grad and "lora_" in n} == {2e-5}
+    with pytest.raises(ValueError, match="head_modules"):
+        TrainConfig(head_lr=1e-3)
+    with pytest.raises(ValueError, match="match no trainable module"):
+        make_optimizer(model, 2e-5, head_lr=1e-3, head_modules=("no_such_head",))
+    custom = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match="head_lr applies to the default AdamW"):
+        train(model, sentiment, tok, config(head_lr=1e-3, head_modules=("score",)), optimizer=custom)
