@@ -32,8 +32,9 @@ Bat at LoRA r's parameter count; every round runs ``--steps-per-turn`` steps of 
 training batches (length-grouped, as the preset trains), in rotating order. Per round: the paired difference
 (baseline - method) and log ratio log(method / baseline); their mean with a 95% interval (t over rounds
 unless a Ljung-Box test finds the rounds autocorrelated at lags 1-3, then a moving-block bootstrap) and a
-verdict: ``equivalent`` (90% interval of the ratio inside 1 +- 5%: a TOST), else ``reproduced`` /
-``contradicted`` (95% interval of the ratio below / above 1), else ``inconclusive``.
+verdict, in the order every verdict of the lab uses (``lowrank_lab.stats.outcome``): ``reproduced`` /
+``contradicted`` (95% interval of the ratio below / above 1), else ``equivalent`` (90% interval of the ratio inside
+1 +- 5%: a TOST), else ``inconclusive``.
 Writes ``results.json`` (strict JSON) and ``step_time.png`` into ``--out``; refuses to start when the machine
 is busy (1-min load average > 0.5 per core) unless ``--allow-busy`` (the result is then ``"valid": false``).
 See ``claim_main`` and benchmarks/README.md.
@@ -409,12 +410,10 @@ LJUNG_BOX_CRITICAL = 7.814727903251178  # chi-square 95% quantile, 3 degrees of 
 ACF_MAX_LAG = 10
 BOOTSTRAP_RESAMPLES = 10_000
 VERDICT_TEXT = {
-    "reproduced": "the method is faster: the 95% interval of the ratio lies below 1 (and not all of the 90% "
-                  "interval within +-5%)",
-    "contradicted": "the method is slower: the 95% interval of the ratio lies above 1 (and not all of the 90% "
-                    "interval within +-5%)",
-    "equivalent": "the 90% interval of the ratio lies inside 1 +- 5% (TOST at 5%): any difference is smaller "
-                  "than the smallest effect of interest",
+    "reproduced": "the method is faster: the 95% interval of the ratio lies below 1",
+    "contradicted": "the method is slower: the 95% interval of the ratio lies above 1",
+    "equivalent": "the 95% interval covers 1 and the 90% interval lies inside 1 +- 5% (TOST at 5%): any difference "
+                  "is smaller than the smallest effect of interest",
     "inconclusive": "the 95% interval covers 1 and the 90% interval reaches beyond +-5%: more rounds needed",
 }
 
@@ -503,17 +502,19 @@ def summarize_series(values, seed=0):
 def claim_verdict(ratio_ci95, ratio_ci90, margin=MARGIN):
     """Verdict on "the method is faster than the baseline" from intervals of the ratio method / baseline.
 
-    ``equivalent`` first (TOST: the 90% interval inside (1 - margin, 1 + margin)), then ``reproduced`` (95%
-    interval below 1), ``contradicted`` (above 1), else ``inconclusive``. None (too few rounds): inconclusive.
+    The order of ``lowrank_lab.stats.outcome``, so the speed row reads like every other: ``reproduced`` (95%
+    interval below 1), ``contradicted`` (above 1), then ``equivalent`` (TOST: the 90% interval inside (1 - margin,
+    1 + margin)), else ``inconclusive``. A speed-up inside the margin is still a speed-up; ``within_margin`` in
+    the comparison says when it is smaller than the effect of interest. None (too few rounds): inconclusive.
     """
     if ratio_ci95 is None or ratio_ci90 is None:
         return "inconclusive"
-    if 1 - margin < ratio_ci90[0] and ratio_ci90[1] < 1 + margin:
-        return "equivalent"
     if ratio_ci95[1] < 1:
         return "reproduced"
     if ratio_ci95[0] > 1:
         return "contradicted"
+    if 1 - margin < ratio_ci90[0] and ratio_ci90[1] < 1 + margin:
+        return "equivalent"
     return "inconclusive"
 
 
@@ -551,7 +552,8 @@ def paired_comparison(baseline_s, method_s, margin=MARGIN, seed=0):
         "speedup_pct": 100 * (1 - ratio["estimate"]),
         "direction_95": direction,
         "equivalence": {"margin": margin, "bounds": [1 - margin, 1 + margin], "level": 0.90,
-                        "ci90_inside": verdict == "equivalent"},
+                        "ci90_inside": bool(ratio["ci90"] is not None and 1 - margin < ratio["ci90"][0]
+                                            and ratio["ci90"][1] < 1 + margin)},
         "verdict": verdict,
         "verdict_text": VERDICT_TEXT[verdict],
     }
@@ -652,8 +654,8 @@ def build_claim_results(claim_id, times, orders, methods_info, design, machine, 
                              "independence at 5% (Q > 7.81); then a moving-block bootstrap "
                              f"({BOOTSTRAP_RESAMPLES} resamples, percentile, block = max(ceil(n^(1/3)), 2 x largest "
                              "lag <= 10 outside 2/sqrt(n)), at most n/3); chosen per series; t below 10 rounds",
-            "verdict_rule": "equivalent: 90% CI of the ratio inside (1-m, 1+m) (TOST); else reproduced: 95% CI < 1; "
-                            "contradicted: 95% CI > 1; else inconclusive",
+            "verdict_rule": "reproduced: 95% CI of the ratio < 1; contradicted: 95% CI > 1; else equivalent: 90% CI "
+                            "inside (1-m, 1+m) (TOST); else inconclusive",
             "margin": MARGIN, "bootstrap_seed": seed,
         },
         "machine": machine,

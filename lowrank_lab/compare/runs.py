@@ -242,6 +242,11 @@ class RunPool:
         self.planned, self.show_progress, self.jobs = planned, show_progress, jobs
         self.done: dict[RunKey, dict] = {}
         self.trained: set[RunKey] = set()  # the runs this pool trained (the rest were reused from the folder)
+        # At most ``jobs`` runs train at once, however many callers ask at the same time (compare tunes every
+        # method in its own thread, so one method's grid never waits for another's).
+        import threading
+
+        self._slots = threading.BoundedSemaphore(jobs)
         self.notes: list[str] = []  # why runs were re-trained: printed, and recorded in results.json
 
     def spec(self, key: RunKey) -> dict:
@@ -272,9 +277,10 @@ class RunPool:
                 print(note)
             threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
             self.trained.add(key)  # a set: the worker threads may add at once
-            output = _train_in_subprocess(key.method, self.task_name, self.model_name, self.scale, key.seed,
-                                          self.planned[key.method]["r"], run_dir, self.show_progress,
-                                          lr=key.lr, extra=dict(key.extra), threads=threads, head_lr=key.head_lr)
+            with self._slots:
+                output = _train_in_subprocess(key.method, self.task_name, self.model_name, self.scale, key.seed,
+                                              self.planned[key.method]["r"], run_dir, self.show_progress,
+                                              lr=key.lr, extra=dict(key.extra), threads=threads, head_lr=key.head_lr)
             metrics, why = _recorded(run_dir)
             if metrics is None or metrics.get("run_spec") != spec:  # died before recording anything of its own
                 metrics = {"status": "failed", "error": output or why, "run_spec": spec}
@@ -303,7 +309,7 @@ class RunPool:
         if self.jobs > 1 and len(todo) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(self.jobs) as pool:  # threads only wait on the child processes
+            with ThreadPoolExecutor(len(todo)) as pool:  # threads only wait on the child processes (and a slot)
                 for key, metrics in zip(todo, pool.map(lambda k: self._run_one(k, need_predictions), todo)):
                     self.done[key] = metrics
         else:

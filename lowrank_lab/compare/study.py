@@ -138,9 +138,22 @@ def _run(task_name, model_name, scale, seeds, out, methods, r, show_progress, co
         # every method's first grid at once (jobs at a time; get refuses stale runs before running any)
         pool.get([RunKey(m, TUNE_SEED, lr) for m in methods for lr in lr_grid(centers[m])], need_predictions=False)
         steps = presets.train_preset(task_name, scale)["max_steps"]
-        for method in methods:
-            tuning[method], settings[method]["lr"], settings[method]["extra"] = tune_method(
-                pool, method, centers[method], higher, planned, steps, chance)
+
+        def tune_and_report(method):  # a method's reporting seeds start as soon as its own tuning is done
+            tuned = tune_method(pool, method, centers[method], higher, planned, steps, chance)
+            if tuned[1] is not None:
+                pool.get([RunKey(method, s, tuned[1], tuned[2]) for s in seed_list])
+            return tuned
+
+        if jobs > 1:  # every method in its own thread; the pool's slots keep it to ``jobs`` runs at a time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(methods)) as threads:
+                outcomes = list(threads.map(tune_and_report, methods))
+        else:  # one run at a time anyway (and runs made in this process, as tests do, share its RNG)
+            outcomes = [tune_and_report(m) for m in methods]
+        for method, tuned in zip(methods, outcomes):
+            tuning[method], settings[method]["lr"], settings[method]["extra"] = tuned
     else:
         pool.check([RunKey(m, s, settings[m]["lr"], settings[m]["extra"], head_lr) for m in methods for s in seed_list])
 
