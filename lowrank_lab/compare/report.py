@@ -20,6 +20,33 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"  # the repository'
 README = RESULTS_DIR.parent / "README.md"
 
 
+# What every table and verdict reads from a compare's results.json (older studies lack some of the other keys).
+RESULTS_KEYS = ("task", "model", "scale", "seeds", "r", "budget", "metric", "higher_is_better", "table", "matching",
+                "runs")
+
+
+def read_results(path: Path) -> dict:
+    """A compare's ``results.json``, checked for what the tables read: a ``ValueError`` naming the file and what is
+    missing or of the wrong type (an empty list, a hand-made file), not a traceback from deep inside a table."""
+    results = files.read_json(path)  # ValueError naming the file: truncated, not JSON, NaN
+    what = f"{path} is not a compare's results.json"
+    if not isinstance(results, dict):
+        raise ValueError(f"{what}: the top level must be a JSON object with the keys {list(RESULTS_KEYS)}, "
+                         f"got {type(results).__name__} {str(results)[:60]}")
+    missing = [key for key in RESULTS_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"{what}: it lacks the keys {missing}")
+    expected = {"table": dict, "matching": dict, "runs": list, "higher_is_better": bool, "metric": str}
+    wrong = [f"{key} must be a JSON {'object' if kind is dict else kind.__name__}, got {results[key]!r:.60}"
+             for key, kind in expected.items() if not isinstance(results[key], kind)]
+    wrong += [f"runs[{i}] must be an object with 'method' and 'seed', got {run!r:.60}"
+              for i, run in enumerate(results["runs"] if isinstance(results["runs"], list) else [])
+              if not isinstance(run, dict) or "method" not in run or "seed" not in run][:3]
+    if wrong:
+        raise ValueError(f"{what}: " + "; ".join(wrong))
+    return results
+
+
 def method_order(results: dict) -> list[str]:
     """The table's methods in the order compare ran them (JSON files store objects with sorted keys)."""
     known = results.get("methods") or [m for m in registry.names() if m in results["table"]]
@@ -84,8 +111,12 @@ def _outcome_text(row: dict, key: str) -> str:
                    else "")
 
 
-def reproduction_markdown(results: dict) -> str:
-    rows = results.get("reproduction") or reproduction_rows(results)
+def reproduction_markdown(results: dict, folder=None) -> str:
+    """The reproduction table of ``results``: its stored rows when they carry today's verdicts, else the rows
+    recomputed from the runs in ``folder`` (rows of an older study without per-example evidence say so)."""
+    rows = results.get("reproduction") or []
+    if not rows or any("verdict_holm" not in r for r in rows):
+        rows = reproduction_rows(results, folder)
     if results["scale"] == "smoke":
         note = "At smoke scale a few steps on a few examples exercise the code; the verdicts test nothing."
     else:
@@ -331,7 +362,7 @@ def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     """A study's README tables, rendered from ``root/folder/results.json`` and its runs with the current
     statistics: the verdicts first (Holm-adjusted), the comparison table, the learning-rate selection, what each
     method forgot, the compute and the figures."""
-    results = files.read_json(root / folder / "results.json")
+    results = read_results(root / folder / "results.json")
     results["reproduction"] = reproduction_rows(results, root / folder)
     runs, seconds = study_compute(root / folder)
     parts = [reproduction_markdown(results), markdown(results)]
