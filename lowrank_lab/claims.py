@@ -41,12 +41,25 @@ def _check_scale(field: str, value: str) -> str:
 
 
 def _as_bool(value, name: str) -> bool:
+    """The condition of a claim as a bool. Only a bool-like value counts: ``True``/``False``, a numpy bool, or a
+    one-element bool array or tensor (what a comparison such as ``err < 1e-12`` gives). Anything else (a NaN, a
+    number, the string "False", ``[False]``: all truthy) is a TypeError naming it, never a PASS."""
+    import numpy as np
+    import torch
+
     if value is None:
         raise TypeError(f"claim {name!r}: the condition is None; pass a bool (or a callable returning one)")
-    try:
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    except (RuntimeError, ValueError) as err:  # e.g. a tensor with several elements
-        raise TypeError(f"claim {name!r}: the condition must be a single bool, got {value!r} ({err})") from None
+    if isinstance(value, np.ndarray) and value.dtype == np.bool_ and value.size == 1:
+        return bool(value.item())
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return bool(value.item())
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise TypeError(f"claim {name!r}: the condition must be a single bool (or a numpy bool, or a one-element bool "
+                    f"array or tensor), got {type(value).__name__} {shown}; compare a number with its bound "
+                    "(a NaN compares False) instead of passing it")
 
 
 def format_line(record: dict) -> str:

@@ -34,6 +34,7 @@ MAX_LR = 10.0
 MAX_ALPHA = 1e4
 MAX_SHRINKAGE = 10.0
 MAX_PENALTY = 1e4
+MAX_SEED = 2**32 - 1  # numpy seeds are 32-bit (torch takes 64): a larger seed is a typo, not a seed
 
 
 class UsageError(Exception):
@@ -74,6 +75,19 @@ _shrinkage = _finite_float_above(0.0, inclusive=False, what=f"a positive number 
 _penalty = _finite_float_above(0.0, inclusive=True, what=f"a number in [0, {MAX_PENALTY:g}]", highest=MAX_PENALTY)
 
 
+_seed = _int_at_least(0, f"an int in [0, 2**32 - 1 = {MAX_SEED}] (numpy's seeds are 32-bit)", MAX_SEED)
+
+
+def _out_folder(text: str) -> Path:
+    """``--out``: a folder path the system can hold, checked at parse time (an empty one would be the current folder;
+    a name over 255 bytes or a path over 4096 fails every file call with ``File name too long``)."""
+    try:
+        files.check_folder_path(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
+
+
 def _module_list(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -96,8 +110,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="model (default: the task's default)")
     p.add_argument("--scale", choices=SCALES, default=None,
                    help="budget preset (default: $LOWRANK_LAB_SCALE, else full with CUDA, else cpu)")
-    p.add_argument("--seed", type=_int_at_least(0, "a non-negative int"), default=0)
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default 0)")
+    p.add_argument("--out", type=_out_folder, default=None,
                    help="output folder (default: runs/<task>-<model>-<method>-<scale>-s<seed>)")
     p.add_argument("--r", type=_rank, default=None, help="adapter rank (default 8)")
     p.add_argument("--alpha", type=_alpha, default=None, help="LoRA alpha (default: 2*r)")
@@ -137,9 +151,27 @@ def _check_train_args(args) -> tuple[str, str, Path]:
         able = [m for m in MODEL_NAMES if kind in model_spec(m).kinds]
         raise UsageError(f"model {model!r} cannot do task {args.task!r} ({kind}); use one of {able}")
     out = args.out or Path("runs") / f"{args.task}-{model}-{args.method}-{scale}-s{args.seed}"
+    try:
+        files.check_folder_path(out)  # the default too: a long task or model name
+    except ValueError as err:
+        raise UsageError(f"--out: {err}") from None
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder, got the file {str(out)!r}")
+    _warn_full_on_cpu(scale, kind)
     return scale, model, out
+
+
+def _warn_full_on_cpu(scale: str, kind: str) -> None:
+    """``--scale full`` is the GPU preset; asked for on a machine without a GPU it still runs (the user asked), but
+    says so first, in one line on stderr, with roughly what it costs."""
+    if scale != "full" or get_device(scale).type != "cpu":
+        return
+    preset = presets.TRAIN_PRESETS["full"][kind]
+    cost = ("about 10 minutes for MiniLM on sentiment (some 800 steps) on 2 cores, an hour or more on the larger "
+            "tasks" if kind == "classification" else "many hours for a causal LM")
+    print(f"python -m lowrank_lab train: warning: --scale full is the GPU preset ({preset['epochs']} epochs over all "
+          f"the training data, batch {preset['batch_size']}, length {preset['max_length']}) and no GPU was found, so "
+          f"it runs on the CPU in fp32: {cost}; --scale cpu is the preset sized for a CPU", file=sys.stderr)
 
 
 def _check_writable(out: Path) -> None:
@@ -339,7 +371,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=SCALES, default=None, help="smoke | cpu | full (default: $LOWRANK_LAB_SCALE)")
     p.add_argument("--seeds", type=_int_at_least(1, "a positive int <= 1000", 1000), default=1,
                    help="reporting seeds 1..N per method (seed 0 is the tuning seed, never reported)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/compare-<task>-<model>-<scale>)")
+    p.add_argument("--out", type=_out_folder, default=None,
+                   help="output folder (default: runs/compare-<task>-<model>-<scale>)")
     p.add_argument("--methods", type=_module_list, default=default_methods,
                    help=f"comma-separated subset (default: {','.join(default_methods)})")
     p.add_argument("--r", type=_rank, default=8, help="the budget: trainable parameters of LoRA at this rank")
@@ -370,6 +403,7 @@ def run_compare(args) -> int:
     out = args.out or Path("runs") / f"compare-{args.task}-{model}-{scale}"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder, got the file {str(out)!r}")
+    _warn_full_on_cpu(scale, kind)  # its train children warn too, but compare shows their output only on failure
     try:
         results = compare(args.task, model, scale, args.seeds, out, args.methods, args.r,
                           show_progress=not args.quiet, command=command_line(args.argv), tune=args.tune_lr,
@@ -413,9 +447,10 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_report(args) -> int:
     from lowrank_lab.compare import markdown, reproduction_markdown, reproduction_rows, write_reports
+    from lowrank_lab.compare.report import read_results
 
-    try:
-        results = files.read_json(args.folder / "results.json")
+    try:  # a file that is not a compare's results.json (``[]``, keys missing) is named with what it lacks
+        results = read_results(args.folder / "results.json")
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     if args.tuned_rates:

@@ -1,7 +1,9 @@
 """Writing and reading the lab's output files so that nothing half-written or non-standard is ever read back.
 
 * Every write is atomic: the bytes go to a temporary file in the same folder, which then replaces the target
-  (``os.replace``). An interrupted run leaves the old file or none, never a truncated one.
+  (``os.replace``). An interrupted run leaves the old file or none, never a truncated one. The file gets the mode
+  any new file gets (``0o666`` less the umask), not the temporary file's private ``0o600``: a results folder
+  shared with a group stays readable by it.
 * JSON is strict: ``NaN`` and ``Infinity`` are not JSON, so writing them raises instead of producing a file
   other tools (``jq``, browsers, ``json.loads(..., parse_constant=...)``) reject. Callers turn a non-finite
   number into ``None`` plus a status that says why (:func:`finite_or_none`).
@@ -14,18 +16,41 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc/self/status``); elsewhere
+    set and restored under a lock (compare's threads write files too)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(temporary_path)`` and move the result onto ``path`` in one step (same folder, same fs)."""
+    """Call ``write(temporary_path)`` and move the result onto ``path`` in one step (same folder, same fs).
+
+    The result has the mode of any newly created file (``0o666 & ~umask``): ``mkstemp`` makes its file ``0o600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())  # after write: a writer may have replaced the file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -94,18 +119,54 @@ def finite_or_none(value):
     return value
 
 
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+PATH_MAX = 4096  # bytes in a whole path, its final NUL included (Linux)
+PATH_MARGIN = 256  # what the lab writes under an output folder: runs/<run folder>/.<file>.<random>.tmp
+
+
+def _shown(text: str, keep: int = 60) -> str:
+    return repr(text) if len(text) <= keep else repr(text[:keep]) + f"... ({len(text)} characters)"
+
+
+def check_folder_path(path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``path`` names a folder the system can hold, with the lab's files under it: not
+    empty, no NUL character, no component over ``NAME_MAX`` bytes, an absolute path at most ``PATH_MAX -
+    PATH_MARGIN`` bytes. No file system call is made (a too-long name fails every one of them with ``OSError: File
+    name too long``)."""
+    if isinstance(path, str) and not path.strip():
+        raise ValueError(f"output folder {path!r} is empty; name a folder (\".\" for the current one)")
+    if "\0" in str(path):
+        raise ValueError(f"output folder {_shown(str(path))} contains a NUL character, which no file name can hold")
+    path = Path(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise ValueError(f"output folder {_shown(str(path))}: the name {_shown(part, 40)} is {size} bytes; "
+                             f"a file or folder name is at most {NAME_MAX} bytes")
+    size, limit = len(os.fsencode(os.path.abspath(path))), PATH_MAX - PATH_MARGIN
+    if size > limit:
+        raise ValueError(f"output folder {_shown(str(path))} is {size} bytes long as an absolute path; at most {limit} "
+                         f"leaves room for the files written under it within the system's {PATH_MAX}-byte limit")
+
+
 def check_writable_folder(path: str | Path) -> None:
     """Raise ``ValueError`` unless ``path`` is (or can be created as) a folder this process can write into.
 
     Nothing is left behind: the nearest existing ancestor is probed with a temporary file that is removed,
     and no folder is created. Called before anything is loaded, so an unwritable ``--out`` costs no training.
+    A path the system cannot hold (:func:`check_folder_path`) is refused first.
     """
+    check_folder_path(path)
     path = Path(path)
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+    except OSError as err:  # e.g. a symlink loop
+        raise ValueError(f"output folder {_shown(str(path))} cannot be used ({str(probe)!r}: "
+                         f"{err.strerror or err})") from None
     if not probe.is_dir():
         what = "is a file" if probe == path else f"lies under the file {str(probe)!r}"
         raise ValueError(f"output folder {str(path)!r} {what}; choose a folder path")

@@ -8,10 +8,13 @@ Two formats:
 * HF PEFT's (``export_peft``): loadable with ``peft.PeftModel.from_pretrained(base_model, directory)``.
 
 Both files are written atomically (temporary file + rename): an interrupted save leaves the previous files.
-``load_adapter`` checks the whole file (format, config, per-layer record, keys, shapes, finite values) against
+``load_adapter`` checks the whole file (format, config, per-layer record, keys, shapes, dtypes, finite values) against
 the model *before* changing it, so a corrupt or mismatched file leaves the model as it was. What it refuses:
 
 * a malformed file (every error names the file and what is wrong);
+* a tensor that is not floating point (int, bool: a silent cast would change the function), naming key and dtype;
+* a non-finite value, in the file or after the cast to the model's dtype (1e300 in a float64 file is inf in
+  float32);
 * a model whose adapters are merged (its weights hold the old update; a later unmerge would subtract the new);
 * a model already carrying an adapter whose config computes another function (alpha, rslora, ranks, targets);
 * a layer whose in/out features or rank differ from the record (Bone/Bat tensors do not depend on in_features);
@@ -176,7 +179,11 @@ def _read(directory: str | Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"corrupt adapter weights {weights_path}: {exc}") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    not_float = [f"{k} ({v.dtype})" for k, v in tensors.items() if not v.is_floating_point()]
+    if not_float:
+        raise ValueError(f"adapter weights {weights_path} hold tensors that are not floating point: {not_float[:5]}; "
+                         "adapter weights are floating point (casting ints or bools would silently change the adapter)")
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"adapter weights {weights_path} contain non-finite values in {bad[:5]}")
     return config, tensors, records
@@ -249,11 +256,18 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(t.shape)}" for k, t in expected.items() if tensors[k].shape != t.shape]
     if wrong:
         raise ValueError(f"adapter shapes do not match the model: {wrong[:5]}")
+    # the values the model will hold: a float64 1e300 is finite in the file and inf in float32
+    cast = {key: tensors[key].to(dtype=target.dtype) for key, target in expected.items()}
+    overflow = [f"{key} ({tensors[key].dtype} -> {target.dtype})" for key, target in expected.items()
+                if not torch.isfinite(cast[key]).all()]
+    if overflow:
+        raise ValueError(f"adapter weights {Path(directory) / WEIGHTS_FILE} hold values beyond the range of the "
+                         f"model's dtype, non-finite once cast: {overflow[:5]}")
     if planned is not None:
         install(model, config, planned)
     with torch.no_grad():
         for key, target in expected.items():
-            target.copy_(tensors[key].to(dtype=target.dtype, device=target.device))
+            target.copy_(cast[key].to(device=target.device))
     return model
 
 

@@ -45,3 +45,21 @@ def test_scale_predictions(monkeypatch):
 
 def test_resolved_scale_uses_the_library():
     assert ex.resolved_scale(None, None, True) == "full" and ex.resolved_scale(None, None, False) == "cpu"
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_counts_are_whole_numbers_and_hostile_answers_get_the_hint():
+    from test_exercises import AlwaysEqual
+
+    assert ex.check_linear_parameter_count(589824.0, torch.tensor(589824 + 1536))  # a right value in any number type
+    for weights in (589824.9, float("nan"), "1.5e6", AlwaysEqual()):  # int() would truncate 589824.9 to a pass
+        with pytest.raises(ExerciseError, match="weight count must be a whole number"):
+            ex.check_linear_parameter_count(weights, 589824 + 1536)
+    with pytest.raises(ExerciseError, match="must be a string"):
+        ex.check_scale_predictions([AlwaysEqual()] * len(ex.SCALE_CASES))  # __eq__ always True
+    with pytest.raises(ExerciseError, match="list of 6 scale names"):
+        ex.check_scale_predictions(3)
+    with pytest.raises(ExerciseError, match="G must be a tensor of numbers"):
+        ex.check_full_gradient("G", [1.0, 2.0, 3.0])

@@ -58,3 +58,22 @@ def test_rank_stabilization():
     with pytest.raises(ExerciseError, match="slope for s = α/r"):
         ex.check_rank_stabilization(0.5, -0.5)  # the independent-terms heuristic
     assert ex.check_rank_stabilization(None, -1.0) is False
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_numbers_by_value_and_hints_instead_of_raw_errors():
+    import numpy as np
+
+    count = 8 * (384 + 1536)
+    assert ex.check_lora_parameter_count(np.int64(count), torch.tensor(count / (384 * 1536)))
+    with pytest.raises(ExerciseError, match="count must be a whole number"):
+        ex.check_lora_parameter_count(count + 0.9, count / (384 * 1536))  # int() truncation let this pass
+    with pytest.raises(ExerciseError, match="fraction must be a finite number"):
+        ex.check_lora_parameter_count(count, "0.01")
+    grad_A, grad_B, _ = _closed_form()
+    with pytest.raises(ExerciseError, match="∂L/∂A must be a tensor of numbers"):
+        ex.check_lora_gradients("G", grad_B)
+    with pytest.raises(ExerciseError, match="exponent must be a finite number"):
+        ex.check_rank_stabilization(float("nan"), -1.0)

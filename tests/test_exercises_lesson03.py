@@ -51,3 +51,21 @@ def test_boosting():
         ex.check_boosting(3 * S[0] * torch.outer(U[:, 0], Vh[0]), M, 3)  # fitted M, not the residual, each round
     with pytest.raises(ExerciseError, match="shape"):
         ex.check_boosting(F.T, M, 3)
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_counts_are_whole_numbers():
+    per_step = 2 * sum(1 * (m + n) for m, n in MINILM_QV.values())
+    assert ex.check_rounds_and_trained(torch.tensor(32), float(per_step), 128, 4, 6, 2, 1, MINILM_QV)
+    with pytest.raises(ExerciseError, match="number of rounds must be a whole number"):
+        ex.check_rounds_and_trained(32.7, per_step, 128, 4, 6, 2, 1, MINILM_QV)  # int() truncated it to 32
+    with pytest.raises(ExerciseError, match="must be a whole number"):
+        ex.check_rounds_and_trained(32, "1.5e6", 128, 4, 6, 2, 1, MINILM_QV)
+    right = [min(2 * p, 10) for p in range(1, 9)]
+    assert ex.check_merged_ranks(torch.tensor(right), 2, 12, 10, 8)
+    with pytest.raises(ExerciseError, match="list of 8 integers"):
+        ex.check_merged_ranks([r + 0.5 for r in right], 2, 12, 10, 8)
+    with pytest.raises(ExerciseError, match="list of finite numbers"):
+        ex.check_merged_ranks("2468", 2, 12, 10, 8)

@@ -52,3 +52,22 @@ def test_bat_unmerge():
         with pytest.raises(ExerciseError, match="Exercise 3"):
             ex.check_bat_unmerge(W_merged, D, answer)
     assert not math.isclose(float((W0 - W_merged).abs().max()), 0.0)
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_counts_compare_by_value_not_by_the_answers_eq():
+    import numpy as np
+
+    from test_exercises import AlwaysEqual
+
+    right = [r * out for _, out, r in ex.BONE_SHAPES]
+    assert ex.check_bone_parameter_count(np.array(right)) and ex.check_bone_parameter_count(tuple(map(float, right)))
+    with pytest.raises(ExerciseError, match="list of finite numbers"):
+        ex.check_bone_parameter_count([AlwaysEqual()] * len(ex.BONE_SHAPES))  # __eq__ always True passed
+    with pytest.raises(ExerciseError, match="whole number"):
+        ex.check_bone_parameter_count([c + 0.5 for c in right])
+    D = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ExerciseError, match="E must be a tensor of numbers"):
+        ex.check_bone_as_lora(D, 14, "E", D.T)

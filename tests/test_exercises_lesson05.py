@@ -48,3 +48,24 @@ def test_rank_allocation():
     for wrong in (uniform, too_big, [float(r) for r in right], right[:-1]):
         with pytest.raises(ExerciseError, match="Exercise 3"):
             ex.check_rank_allocation(wrong)
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_the_exact_value_passes_in_any_scalar_container():
+    import torch
+
+    cloud = ex.twonn_cloud(seed=0, n_pts=300)
+    value = _twonn(cloud)
+    for right in (np.float64(value), np.array(value), torch.tensor(value, dtype=torch.float64), np.array([value])):
+        assert ex.check_twonn(cloud, right)  # 0-d tensors and arrays were rejected
+    for wrong in (float("nan"), torch.tensor([value, value]), True):
+        with pytest.raises(ExerciseError, match="Exercise 1"):
+            ex.check_twonn(cloud, wrong)
+    with pytest.raises(ExerciseError, match="lower bounds must be a list of finite numbers"):
+        ex.check_lower_bounds(["a"] * 6)
+    with pytest.raises(ExerciseError, match="list of positive integer ranks"):
+        ex.check_rank_allocation(8)
+    with pytest.raises(ExerciseError, match="one positive integer rank per block"):
+        ex.check_rank_allocation([True] * 6)

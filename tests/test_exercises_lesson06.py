@@ -45,3 +45,36 @@ def test_seeds_needed_is_the_first_n_whose_interval_excludes_zero():
     assert ex.check_seeds_needed(0.01, 0.006, n)
     with pytest.raises(ExerciseError, match="increase n"):
         ex.check_seeds_needed(0.01, 0.006, n - 1)
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+class AlwaysEqual:
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+
+def test_22_an_answer_equal_to_everything_does_not_pass():
+    with pytest.raises(ExerciseError, match="verdict .* must be a string"):
+        ex.check_verdict([0.01, 0.03], 0.0, AlwaysEqual())
+    with pytest.raises(ExerciseError, match="number of seeds must be a whole number"):
+        ex.check_seeds_needed(0.01, 0.006, AlwaysEqual())
+    n = ex.seeds_needed(sd=0.01, mean=0.006)
+    with pytest.raises(ExerciseError, match="whole number"):
+        ex.check_seeds_needed(0.01, 0.006, n + 0.5)
+    assert ex.check_seeds_needed(0.01, 0.006, float(n))
+    with pytest.raises(ExerciseError, match="selected rate must be a finite number"):
+        ex.check_selected_rate(GRID, "2e-3")
+
+
+def test_22_one_seed_gets_a_hint_not_a_statistics_error():
+    with pytest.raises(ExerciseError, match="at least 2 seeds"):  # was ValueError: df must be positive
+        ex.check_paired_interval({0: 0.9}, {0: 0.8}, 0.1, 0.0, 0.2)
+    with pytest.raises(ExerciseError, match="the mean must be a finite number"):
+        ex.check_paired_interval({0: 0.9, 1: 0.8}, {0: 0.8, 1: 0.8}, float("nan"), 0.0, 0.2)

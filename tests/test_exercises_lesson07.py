@@ -62,3 +62,37 @@ def test_resolved_steps_match_the_library():
         ex.check_resolved_steps(math.ceil(steps / 4), rows)  # divided by the 4 GPUs
     with pytest.raises(ExerciseError, match="global"):
         ex.check_resolved_steps(preset["epochs"] * 3 * rows // (preset["batch_size"] * 2), rows)  # rounded down
+
+
+# ------------------------------------------------------------------ issue 22, items 19-21
+
+
+def test_22_right_answers_in_float32_arrays_and_frozensets_pass():
+    import numpy as np
+    import torch
+
+    g = torch.tensor(ex.FP16_GRADIENTS)  # float32: 2e-08 reads back as 1.9999999878e-08
+    assert ex.check_low_precision(4.0, g[g.half() == 0].tolist())
+    assert ex.check_low_precision(torch.tensor(4.0), np.array([2e-8]))
+    assert ex.check_low_precision(4.0, frozenset({2e-8})) and ex.check_low_precision(4.0, g[g.half() == 0])
+    with pytest.raises(ExerciseError, match="round-to-nearest"):
+        ex.check_low_precision(4.0, np.array([3e-8, 2e-8]))
+    with pytest.raises(ExerciseError, match="list of finite numbers"):
+        ex.check_low_precision(4.0, "2e-8")
+
+
+def test_22_counts_are_whole_numbers_not_truncated():
+    mn = sum(m * n for m, n in ex.SMOLLM2_BLOCK.values())
+    n_train = sum(8 * (m + n) for m, n in ex.SMOLLM2_BLOCK.values())
+    lora = 4 * (mn + n_train) + 12 * n_train
+    assert ex.check_memory_bytes(float(16 * mn), lora)
+    for wrong in (16 * mn + 0.9, "1.5e6", float("nan")):
+        with pytest.raises(ExerciseError, match="full_bytes must be a whole number"):
+            ex.check_memory_bytes(wrong, lora)
+    with pytest.raises(ExerciseError, match="batch_size must be a whole number"):
+        ex.check_global_batch(128, 32.5, 4)
+    rows = 2_000
+    preset = presets.train_preset("gsm", "full", "lora")
+    steps = presets.resolve_max_steps({**preset, "grad_accum_steps": 2}, 3 * rows)
+    with pytest.raises(ExerciseError, match="number of steps must be a whole number"):
+        ex.check_resolved_steps(steps + 0.9, rows)

@@ -306,6 +306,51 @@ def test_10_interrupted_save_leaves_the_previous_adapter_readable(tmp_path, monk
     torch.testing.assert_close(lrl.load_adapter(fresh_mlp(), tmp_path)(x_batch()), expected, rtol=0, atol=0)
 
 
+# ---------------------------------------------------------------------------------------------- issue 22: 11, 12
+def _rewrite_tensors(directory, change):
+    """Rewrite an adapter's tensor file with ``change(tensors)`` applied (what a hand-made or foreign file holds)."""
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def test_22_11_a_value_that_overflows_the_models_dtype_is_refused(tmp_path):
+    source = adapted(lora_config(), seed=1)  # float64
+    with torch.no_grad():
+        source.lin0.lora_B[0, 0] = 1e300  # finite in float64, inf in float32
+    lrl.save_adapter(source, tmp_path)
+    model = fresh_mlp().float()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"beyond the range of the model's dtype.*lin0\.lora_B \(torch\.float64 -> "
+                                         r"torch\.float32\)"):
+        lrl.load_adapter(model, tmp_path)
+    assert_unchanged(model, before)  # nothing injected, no inf anywhere
+    assert lrl.adapters.get_config(model) is None
+    injected = lrl.inject(fresh_mlp().float(), lora_config())  # a model that already carries the adapter
+    before = snapshot(injected)
+    with pytest.raises(ValueError, match="non-finite once cast"):
+        lrl.load_adapter(injected, tmp_path)
+    assert_unchanged(injected, before)
+    loaded = lrl.load_adapter(fresh_mlp(), tmp_path)  # in float64 the same file is fine
+    assert loaded.lin0.lora_B[0, 0].item() == 1e300
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_22_12_an_adapter_tensor_that_is_not_floating_point_is_refused(tmp_path, dtype):
+    lrl.save_adapter(adapted(lora_config(), seed=1), tmp_path)
+    _rewrite_tensors(tmp_path, lambda t: t.update({"lin1.lora_A": (t["lin1.lora_A"] * 10).to(dtype)}))
+    model = fresh_mlp()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=re.escape(f"not floating point: ['lin1.lora_A ({dtype})']")):
+        lrl.load_adapter(model, tmp_path)  # it was cast silently (logits changed by 3e-2)
+    assert_unchanged(model, before)
+    with pytest.raises(ValueError, match="lin1.lora_A"):
+        lrl.io.read_adapter(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------- 14
 def kron_min_norm(P, Q, C):
     """Float64 least-squares minimum-norm solution of (I⊗P + Qᵀ⊗I) vec X = vec C (column-major vec)."""

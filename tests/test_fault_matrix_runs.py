@@ -302,3 +302,270 @@ def test_12_a_rank_beyond_a_layers_dimensions_warns():
     model = torch.nn.Sequential(torch.nn.Linear(6, 4))
     with pytest.warns(UserWarning, match=r"r=5 exceeds min\(in, out\)=4 of module '0'"):
         lrl.inject(model, lrl.LoRAConfig(r=5, target_modules=("0",)))
+
+
+# ==================================================================================================================
+# Issue 22 (round 2): run files and reports, concurrent studies, file modes, statistics helpers and claims. Test names
+# carry the item number of that issue.
+# ==================================================================================================================
+
+COMPARE_LORA = ["compare", "--task", "sentiment", "--scale", "smoke", "--methods", "lora", "--seeds", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory):
+    """A one-run smoke study (lora, seed 1) whose run was made by test_compare's fake ``train``: files that agree."""
+    from test_compare import fake_child
+
+    out = tmp_path_factory.mktemp("fake-study") / "cmp"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare_module.runs, "_train_in_subprocess", fake_child(val_best=1e-3, test_best=1e-3))
+        assert cli.main([*COMPARE_LORA, "--out", str(out)]) == 0
+    return out
+
+
+def _edit(metrics: dict, change: str) -> None:
+    key, _, value = change.partition("=")
+    if value == "<missing>":
+        del metrics[key]
+    else:
+        metrics[key] = json.loads(value)
+
+
+@pytest.mark.parametrize("changes, reason", [
+    # 1: a hand-edited accuracy that its own history.json contradicts
+    (["metric_value=0.99", "test_metric_value=0.99"],
+     "metrics.json and history.json disagree on the validation accuracy"),
+    # 2: metric missing or null with status ok (was a KeyError / TypeError traceback)
+    (["metric_value=<missing>"], "metric_value must be a finite number for a finished run, got None"),
+    (["metric_value=null"], "metric_value must be a finite number for a finished run, got None"),
+    # 3: strings where numbers belong (was exit 2 naming no file)
+    (['metric_value="NaN"'], "metric_value must be a finite number for a finished run, got 'NaN'"),
+    (['trainable_params="many"'], "trainable_params must be a positive int, got 'many'"),
+    # 4: out of range, or a bool counted as 1.0
+    (["test_metric_value=7.5"], "test_metric_value is an accuracy, so it lies in [0, 1]; got 7.5"),
+    (["metric_value=true"], "metric_value must be a finite number for a finished run, got True"),
+    # 5: an unknown status (was dropped silently)
+    (['status="banana"'], "unknown status 'banana' in metrics.json"),
+])
+def test_22_01_05_a_run_file_that_does_not_check_out_is_named_and_re_run(fake_study, tmp_path, monkeypatch, capsys,
+                                                                          changes, reason):
+    from test_compare import fake_child
+
+    out = tmp_path / "cmp"
+    shutil.copytree(fake_study, out)
+    path = out / "runs" / "lora-s1" / "metrics.json"
+    metrics = files.read_json(path)
+    for change in changes:
+        _edit(metrics, change)
+    files.write_json(path, metrics)
+    assert reason in compare_module.check_run_files(path.parent, metrics, need_predictions=True)
+    trained = []
+    child = fake_child(val_best=1e-3, test_best=1e-3)
+    monkeypatch.setattr(compare_module.runs, "_train_in_subprocess",
+                        lambda *a, **k: trained.append(a[0]) or child(*a, **k))
+    assert cli.main([*COMPARE_LORA, "--out", str(out)]) == 0  # used as is (1), a traceback (2), exit 2 (3) before
+    printed = capsys.readouterr().out
+    assert trained == ["lora"] and "lora-s1: re-running: " in printed and reason in printed
+    saved = files.read_json(out / "results.json")
+    assert len(saved["retrained"]) == 1 and reason in saved["retrained"][0]  # recorded, not only printed
+    assert saved["table"]["lora"]["n"] == 1 and saved["runs"][0]["status"] == "ok"  # n=1 of 1, not dropped
+    fresh = files.read_json(path)
+    assert compare_module.check_run_files(path.parent, fresh, need_predictions=True) == ""
+
+
+def test_22_01_a_consistent_run_is_reused_untouched(fake_study, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    shutil.copytree(fake_study, out)
+    no_runs(monkeypatch)
+    assert cli.main([*COMPARE_LORA, "--out", str(out)]) == 0
+    assert files.read_json(out / "results.json")["retrained"] == []
+
+
+# ------------------------------------------------------------------ 7: seeds that do not overlap
+
+
+def test_22_07_arms_whose_seeds_do_not_overlap_say_so(tmp_path, monkeypatch):
+    from test_compare import _study
+
+    from lowrank_lab.compare import reproduction_rows
+
+    monkeypatch.setattr(compare_module.report, "RESULTS_DIR", tmp_path)  # no step-time benchmark there
+    results = _study(tmp_path / "s", {"lora": [0.80, 0.81], "bone": [0.85, 0.86, 0.84, 0.85]})
+    results["runs"] = [r for r in results["runs"] if r["method"] == "lora" or r["seed"] > 2]  # bone: seeds 3, 4 only
+    row = next(r for r in reproduction_rows(results, tmp_path / "s") if r["kind"] == "better")
+    assert row["verdict"] == "no verdict"
+    assert "both ran, but on seeds that do not overlap (bone: [3, 4], lora: [1, 2]; in common: [])" in row["reason"]
+
+
+# ------------------------------------------------------------------ 8, 9: one compare per folder, no orphans
+
+
+def test_22_08_a_second_compare_on_a_busy_folder_is_refused_naming_the_holder(tmp_path, capsys, monkeypatch):
+    no_runs(monkeypatch)
+    out = tmp_path / "cmp"
+    with compare_module.FolderLock(out):  # what a first compare holds for its whole life
+        assert cli.main([*COMPARE_LORA, "--out", str(out)]) == cli.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another compare (pid {os.getpid()}); wait for it to finish or use another --out" in err
+    assert not (out / "runs").exists()
+    with compare_module.FolderLock(out):  # released when its holder ends: the folder is usable again
+        pass
+
+
+def _python(code: str, *args: str, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+HOLD_THE_FOLDER = """
+import sys, time
+from lowrank_lab import cli
+from lowrank_lab.compare import runs
+runs._train_in_subprocess = lambda *a, **k: time.sleep(300) or ""  # a first compare, busy training
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _wait_for(condition, seconds: float, what: str):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"gave up after {seconds} s waiting for {what}")
+
+
+def test_22_08_two_compare_processes_on_one_folder_the_second_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    first = _python(HOLD_THE_FOLDER, *COMPARE_LORA, "--out", str(out))
+    try:
+        lock = out / ".compare.lock"
+        _wait_for(lambda: lock.exists() and lock.read_text() == f"pid {first.pid}", 240, "the first compare's lock")
+        time.sleep(1)
+        second = subprocess.run([sys.executable, "-m", "lowrank_lab", *COMPARE_LORA, "--out", str(out)],
+                                capture_output=True, text=True, timeout=240)
+        assert second.returncode == cli.USAGE_ERROR  # both trained every run at once before
+        assert f"is in use by another compare (pid {first.pid})" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="PR_SET_PDEATHSIG is Linux")
+def test_22_09_killing_compare_kills_its_train_child(tmp_path):
+    import signal
+
+    import psutil
+
+    out = tmp_path / "cmp"
+    parent = _python("import sys; from lowrank_lab import cli; sys.exit(cli.main(sys.argv[1:]))",
+                     *COMPARE_LORA, "--out", str(out))
+    children = []
+    try:
+        def train_child():
+            try:
+                found = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                         if "train" in p.cmdline() and "lowrank_lab" in p.cmdline()]
+            except psutil.NoSuchProcess:
+                pytest.fail(f"compare ended before starting its run: {parent.communicate()}")
+            return found
+        children = _wait_for(train_child, 240, "compare's train child")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+        def gone(process):
+            try:
+                return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+        _wait_for(lambda: all(gone(c) for c in children), 5, "the orphaned train child to die")
+        assert not (out / "runs" / "lora-s1" / "metrics.json").exists()  # killed, not finished: nothing recorded
+    finally:
+        for child in children:  # never leave a run writing into tmp_path
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+# ------------------------------------------------------------------ 10: files honour the umask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_22_10_written_files_get_the_mode_the_umask_says(tmp_path, umask):
+    import lowrank_lab as lrl
+
+    old = os.umask(umask)
+    try:
+        files.write_json(tmp_path / "metrics.json", {"accuracy": 0.8})
+        files.write_text(tmp_path / "table.md", "| a |")
+        files.write_json(tmp_path / "metrics.json", {"accuracy": 0.9})  # replacing a file too
+        model = lrl.inject(torch.nn.Sequential(torch.nn.Linear(4, 3)), lrl.LoRAConfig(r=2, target_modules=("0",)))
+        lrl.save_adapter(model, tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    written = [tmp_path / "metrics.json", tmp_path / "table.md", tmp_path / "adapter" / "adapter_config.json",
+               tmp_path / "adapter" / "adapter_model.safetensors"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o666 & ~umask) for p in written}
+    assert files.current_umask() == old  # read without changing it
+
+
+# ------------------------------------------------------------------ 17: statistics helpers name what is wrong
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_22_17_paired_difference_refuses_non_finite_values_naming_the_seed(bad):
+    from lowrank_lab import stats
+
+    with pytest.raises(ValueError, match=r"method\[2\] is not finite"):  # was AttributeError from statistics.stdev
+        stats.paired_difference({1: 0.8, 2: bad, 3: 0.7}, {1: 0.7, 2: 0.7, 3: 0.7})
+
+
+def test_22_17_string_seed_keys_against_int_keys_are_refused_not_n_0():
+    from lowrank_lab import stats
+
+    with pytest.raises(ValueError, match="seed keys of method are str .* but of baseline int"):
+        stats.paired_difference({"1": 0.8, "2": 0.9}, {1: 0.7, 2: 0.7})  # JSON gives keys back as strings
+
+
+# ------------------------------------------------------------------ 18: a claim passes only on a true bool
+
+
+@pytest.mark.parametrize("value", [float("nan"), torch.tensor(float("nan")), "False", [False], 1, 0.5,
+                                   torch.tensor([True, True]), {"ok": True}])
+def test_22_18_an_invariant_never_passes_on_a_value_that_is_not_a_bool(value, capsys):
+    from lowrank_lab import claims
+
+    with pytest.raises(TypeError, match="claim 'merge is exact': the condition must be a single bool"):
+        claims.check("merge is exact", value, must_hold=True)  # NaN, "False" and [False] all printed PASS
+    with pytest.raises(TypeError, match="must be a single bool"):
+        claims.check("merge is exact", lambda: (value, "detail"), must_hold=True)
+    assert "PASS" not in capsys.readouterr().out
+
+
+def test_22_18_bool_like_conditions_still_pass_and_fail():
+    import numpy as np
+
+    from lowrank_lab import claims
+
+    for value in (True, np.bool_(True), np.float64(1e-13) < 1e-12, torch.tensor(1e-13) < 1e-12, torch.tensor([True])):
+        assert claims.check("exact", value, must_hold=True)["status"] == "PASS"
+    for value in (False, torch.tensor(float("nan")) < 1e-12, np.array(False)):
+        with pytest.raises(claims.ClaimFailed):
+            claims.check("exact", value, must_hold=True)
+    claims.reset()

@@ -339,6 +339,48 @@ def multi_seed_evidence(methods, own_runs: list[dict], use_committed: bool = Tru
     return {m: seed_values(study, m) for m in methods}, {m: table[m] for m in methods}, source
 
 
+_ROWS_CACHE: dict = {}
+
+
+def study_rows(name: str) -> list[dict] | None:
+    """The reproduction rows of the committed study ``results/<name>`` with today's statistics (the verdicts the
+    README shows), or None when this checkout does not have it. Computed once per process."""
+    results = committed_results(name)
+    if results is None:
+        return None
+    key = (name, (RESULTS_DIR / name / "results.json").stat().st_mtime_ns)
+    if key not in _ROWS_CACHE:
+        _ROWS_CACHE[key] = reproduction_rows(results, RESULTS_DIR / name)
+    return _ROWS_CACHE[key]
+
+
+def study_claim(method: str, baseline: str, kind: str = "better", names=SENTIMENT_STUDIES) -> tuple[dict | None, str]:
+    """What the committed studies say of one claim: (its row from the first study in ``names`` that judged it, a
+    line naming that study), or (None, why not). The lessons print this row's outcome for every claim about a trained
+    model, so a lesson and the README never disagree; a lesson's own short run is an illustration, not evidence."""
+    for name in names:
+        rows = study_rows(name)
+        for row in rows or []:
+            if (row["method"], row["baseline"], row["kind"]) == (method, baseline, kind):
+                results = committed_results(name)
+                return row, (f"results/{name}/ ({results['seeds']} seeds at each method's tuned rate, "
+                             f"{results['metric']} on test; `python -m lowrank_lab report results/{name}`)")
+    return None, f"no committed study in this checkout judged {method} vs {baseline} ({kind})"
+
+
+def outcome_line(row: dict | None, source: str) -> str:
+    """One line a lesson prints for a claim about a trained model: the Holm-adjusted outcome, the one alone, the
+    difference with its interval, or why there is no verdict."""
+    if row is None:
+        return f"no study outcome: {source}"
+    head = f"{row['claim']} ({row['paper']}): {row['verdict_holm']} (Holm-adjusted; alone: {row['verdict']})"
+    if row.get("reason"):
+        return f"{head}: {row['reason']}; {source}"
+    if row.get("difference") is not None and row.get("ci95"):
+        head += f"; difference {row['difference']:+.4f}, 95% CI {stats.ci_text(row)}"
+    return f"{head}; {source}"
+
+
 def study_compute(folder: Path) -> tuple[int, float]:
     """(run folders, summed wall time in seconds) of every finished run a study's folder holds: the compute it
     cost, tuning grids included (runs went ``jobs`` at a time, so the elapsed time was less)."""

@@ -242,6 +242,10 @@ def _judge(claim: dict, results: dict, folder: Path | None) -> dict:
         return _no_verdict(claim, problem)
     common = sorted(set(ours) & set(base))
     if len(common) < 2:
+        if ours and base and set(ours) != set(base):  # both arms ran, on other seeds: a pair needs the same seed
+            return _no_verdict(claim, f"fewer than 2 seeds where both arms ran: both ran, but on seeds that do not "
+                                      f"overlap ({method}: {sorted(ours)}, {baseline}: {sorted(base)}; in common: "
+                                      f"{common})")
         return _no_verdict(claim, f"fewer than 2 seeds where both arms ran ({method}: {sorted(ours)}, "
                                   f"{baseline}: {sorted(base)})")
     key_higher = True if kind in ("more_intruders", "forgets_less") else higher

@@ -14,7 +14,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from lowrank_lab.exercises import not_attempted, passed
+from lowrank_lab.exercises import not_attempted, passed, require, tensor_answer, text_answer, whole_answer
 from lowrank_lab.runtime import SCALE_ENV, get_scale
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def check_full_gradient(G, grad_b, seed: int = 0) -> bool:
     if not_attempted(name, G, grad_b):
         return False
     ref_G, ref_b = _autograd_reference(seed)
-    G, grad_b = torch.as_tensor(G, dtype=torch.float64), torch.as_tensor(grad_b, dtype=torch.float64)
+    G, grad_b = tensor_answer(name, G, "G"), tensor_answer(name, grad_b, "∂L/∂b")
     passed(name, tuple(G.shape) == tuple(ref_G.shape),
            f"G must have the weight's shape (m, n) = {tuple(ref_G.shape)}, got {tuple(G.shape)}; which of δ and X "
            "is transposed?")
@@ -77,9 +77,10 @@ def check_linear_parameter_count(weights, total, in_features: int = 384, out_fea
     layer = nn.Linear(in_features, out_features, device="meta")  # shapes only, no memory
     ref_weights = layer.weight.numel()
     ref_total = sum(p.numel() for p in layer.parameters())
-    passed(name, int(weights) == ref_weights,
+    weights, total = whole_answer(name, weights, "the weight count"), whole_answer(name, total, "the total")
+    passed(name, weights == ref_weights,
            "the weight count is not right: what is the weight's shape (out, in), and how many entries does it hold?")
-    return passed(name, int(total) == ref_total,
+    return passed(name, total == ref_total,
                   "the weight count is right but the total is not: which other parameter does nn.Linear hold, "
                   "and how long is it?")
 
@@ -125,9 +126,16 @@ def check_scale_predictions(predictions, cases=SCALE_CASES) -> bool:
     name = "Exercise 3 (which scale runs)"
     if not_attempted(name, predictions):
         return False
-    predictions = list(predictions)
+    try:
+        predictions = None if isinstance(predictions, str) else list(predictions)
+    except TypeError:
+        predictions = None
+    require(name, predictions is not None, f"give a list of {len(cases)} scale names, one per case")
     passed(name, len(predictions) == len(cases), f"give one prediction per case: {len(cases)} cases, "
                                                  f"got {len(predictions)}")
-    wrong = [i for i, (case, guess) in enumerate(zip(cases, predictions)) if resolved_scale(*case) != guess]
+    # each guess as a plain str: an object whose __eq__ says yes to everything does not pass
+    guesses = [text_answer(name, guess, f"case {i}'s prediction (a scale name such as 'cpu')")
+               for i, guess in enumerate(predictions)]
+    wrong = [i for i, (case, guess) in enumerate(zip(cases, guesses)) if resolved_scale(*case) != guess]
     return passed(name, not wrong, f"case(s) {wrong} (0-based) are not right: which of the parameter, the "
                                    "environment variable and auto-detection wins when more than one is set?")

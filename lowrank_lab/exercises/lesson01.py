@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank_lab.exercises import not_attempted, passed
+from lowrank_lab.exercises import not_attempted, number_answer, passed, tensor_answer, whole_answer
 from lowrank_lab.adapters import count_parameters, inject
 from lowrank_lab.layers.lora import LoRAConfig, LoRALinear
 
@@ -31,10 +31,11 @@ def check_lora_parameter_count(count, fraction, in_features: int = 384, out_feat
     n_weight = dense[0].weight.numel()
     ref_count, _ = count_parameters(inject(dense, LoRAConfig(r=r, target_modules=("0",))))  # trainable ones
     ref_fraction = ref_count / n_weight
-    passed(name, int(count) == ref_count,
+    count, fraction = whole_answer(name, count, "the count"), number_answer(name, fraction, "the fraction")
+    passed(name, count == ref_count,
            "the count is not right: write down the shapes of A and B for this layer (which one has in_features "
            "columns, which one out_features rows?) and count their entries; the frozen W0 is not trained.")
-    return passed(name, math.isclose(float(fraction), ref_fraction, rel_tol=1e-6),
+    return passed(name, math.isclose(fraction, ref_fraction, rel_tol=1e-6),
                   "the count is right but the fraction is not: divide by the number of entries of W0 (m·n), "
                   "not by W0 plus the adapter.")
 
@@ -71,7 +72,7 @@ def check_lora_gradients(grad_A, grad_B, seed: int = 0) -> bool:
     X, target, layer = lora_toy(seed)
     (((layer(X) - target) ** 2).sum() / 2).backward()
     ref_A, ref_B = layer.lora_A.grad.detach(), layer.lora_B.grad.detach()
-    grad_A, grad_B = torch.as_tensor(grad_A, dtype=torch.float64), torch.as_tensor(grad_B, dtype=torch.float64)
+    grad_A, grad_B = tensor_answer(name, grad_A, "∂L/∂A"), tensor_answer(name, grad_B, "∂L/∂B")
     passed(name, tuple(grad_A.shape) == tuple(ref_A.shape) and tuple(grad_B.shape) == tuple(ref_B.shape),
            f"a gradient has its parameter's shape: A is {tuple(ref_A.shape)}, B is {tuple(ref_B.shape)}; got "
            f"{tuple(grad_A.shape)} and {tuple(grad_B.shape)}")
@@ -91,7 +92,7 @@ def check_merged_weight(W_merged, seed: int = 0) -> bool:
         return False
     _, _, layer = lora_toy(seed)
     m, n = layer.base_layer.weight.shape
-    W_merged = torch.as_tensor(W_merged, dtype=torch.float64)
+    W_merged = tensor_answer(name, W_merged, "the merged weight")
     passed(name, tuple(W_merged.shape) == (m, n),
            f"the merged weight has W0's shape (m, n) = {(m, n)}, got {tuple(W_merged.shape)}")
     # The reference is the layer's own forward: on 4n random inputs (enough to pin down every entry of W).
@@ -127,11 +128,12 @@ def check_rank_stabilization(beta, slope_lora) -> bool:
     name = "Exercise 4 (rank-stabilising scale)"
     if not_attempted(name, beta, slope_lora):
         return False
+    beta, slope_lora = number_answer(name, beta, "the exponent"), number_answer(name, slope_lora, "the slope")
     slope_unscaled = coherent_step_slope(0.0)  # s = 1: the update grows like r^slope_unscaled
     slope_alpha_over_r = coherent_step_slope(1.0)
-    passed(name, abs(float(slope_lora) - slope_alpha_over_r) < 0.1,
+    passed(name, abs(slope_lora - slope_alpha_over_r) < 0.1,
            "the slope for s = α/r is not right: with s fixed, how does Σ_i a_i a_iᵀ grow with the number of "
            "terms r, and how many factors of s does the one-step update B₁A carry?")
-    return passed(name, abs(float(beta) - slope_unscaled / 2) < 0.05,
+    return passed(name, abs(beta - slope_unscaled / 2) < 0.05,
                   "the exponent is not right: the update carries s twice; which power of r cancels the growth "
                   "of AᵀA?")

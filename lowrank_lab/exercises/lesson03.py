@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import matrix_answer, not_attempted, passed, require
+from . import matrix_answer, not_attempted, number_list, passed, require, whole_answer
 
 
 def check_merged_ranks(answer, r: int, m: int, n: int, max_picks: int) -> bool:
@@ -20,12 +20,10 @@ def check_merged_ranks(answer, r: int, m: int, n: int, max_picks: int) -> bool:
     name = "Exercise 1 (merged rank after p picks)"
     if not_attempted(name, answer):
         return False
-    try:
-        values = [int(v) for v in answer]
-    except (TypeError, ValueError):
-        values = None
-    require(name, values is not None and len(values) == max_picks,
+    values = number_list(name, answer, f"the answer (one rank per number of picks p = 1..{max_picks})")
+    require(name, len(values) == max_picks and all(v.is_integer() for v in values),
             f"give a list of {max_picks} integers, one per number of picks p = 1..{max_picks}")
+    values = [int(v) for v in values]
     gen = torch.Generator().manual_seed(0)
     reference, delta = [], torch.zeros(m, n, dtype=torch.float64)
     for _ in range(max_picks):
@@ -70,9 +68,11 @@ def check_rounds_and_trained(rounds, trained_per_step, T: int, kappa: int, n_blo
     torch.manual_seed(0)
     model = inject(_Blocks(n_blocks, shapes), LoRAConfig(r=r, alpha=2 * r, target_modules=tuple(shapes)))
     schedule = XGBLoRA(model, total_steps=T, steps_per_round=kappa, blocks_per_round=blocks_per_round, seed=0)
-    require(name, int(rounds) == schedule.n_rounds,
+    rounds = whole_answer(name, rounds, "the number of rounds")
+    trained_per_step = whole_answer(name, trained_per_step, "the trained numbers per step")
+    require(name, rounds == schedule.n_rounds,
             "the number of rounds is wrong: how many rounds of kappa steps fit in T steps, counting a last, shorter one?")
-    return passed(name, int(trained_per_step) == schedule.active_parameter_count(),
+    return passed(name, trained_per_step == schedule.active_parameter_count(),
                   "the trained numbers per step are wrong: count the entries of A (r x in) and B (out x r) of every "
                   "projection in one block, then multiply by the blocks active in a round (not all blocks)")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import not_attempted, passed
+from . import not_attempted, number_list, passed, require, tensor_answer
 
 # (in_features, out_features, r) of the layers in exercise 1: a square MiniLM projection, a SmolLM2 up
 # projection, and a down projection whose input is not a multiple of r (Bone pads the last shard).
@@ -24,9 +24,10 @@ def check_bone_parameter_count(answers) -> bool:
         return False
     from ..layers.bone import BoneLinear
 
-    answers = list(answers)
+    answers = number_list(name, answers, "the counts (one per shape of BONE_SHAPES)")
     if len(answers) != len(BONE_SHAPES):
         return passed(name, False, f"give one count per shape of BONE_SHAPES ({len(BONE_SHAPES)} numbers)")
+    require(name, all(a.is_integer() for a in answers), f"a count is a whole number, got {answers}")
     wanted = [_trainable(BoneLinear(nn.Linear(n_in, n_out, bias=False), r)) for n_in, n_out, r in BONE_SHAPES]
     wrong = [i for i, (a, w) in enumerate(zip(answers, wanted)) if a != w]
     return passed(name, not wrong,
@@ -43,7 +44,7 @@ def check_bone_as_lora(D: torch.Tensor, n_in: int, E, B) -> bool:
     from ..layers.bone import BoneLinear
 
     r, n_out = D.shape
-    E, B = torch.as_tensor(E), torch.as_tensor(B)
+    E, B = tensor_answer(name, E, "E"), tensor_answer(name, B, "B")
     if tuple(E.shape) != (r, n_in):
         return passed(name, False, f"E has shape {tuple(E.shape)}; A of a LoRA on this layer is (r, in)")
     if tuple(B.shape) != (n_out, r):
@@ -66,7 +67,7 @@ def check_bat_unmerge(W_merged: torch.Tensor, D: torch.Tensor, W0) -> bool:
     name = "Exercise 3 (Bat's unmerge through (I + D_i)^-1)"
     if not_attempted(name, W0):
         return False
-    W0 = torch.as_tensor(W0).to(W_merged.dtype)
+    W0 = tensor_answer(name, W0, "W0").to(W_merged.dtype)
     if W0.shape != W_merged.shape:
         return passed(name, False, f"W0 has shape {tuple(W0.shape)}, the merged weight {tuple(W_merged.shape)}")
     n_blocks, r, _ = D.shape

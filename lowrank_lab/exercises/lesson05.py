@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import not_attempted, passed
+from . import _one_number, not_attempted, number_list, passed, require
 
 # Exercise 2: an ID profile d_0 (embeddings), d_1, ..., d_6 (the outputs of six blocks).
 ID_PROFILE = (6.1, 8.4, 7.9, 10.6, 10.2, 12.9, 12.4)
@@ -31,7 +31,8 @@ def check_twonn(X, d_hat) -> bool:
     from ..methods.gelora import intrinsic_dimension
 
     reference = intrinsic_dimension(X, discard_fraction=0.1)
-    ok = isinstance(d_hat, (int, float, np.floating)) and abs(float(d_hat) - reference) <= 1e-6 * reference
+    value = _one_number(d_hat)  # a float, a numpy scalar, a 0-d array or tensor; a string or NaN never passes
+    ok = value is not None and abs(float(value) - reference) <= 1e-6 * reference
     return passed(name, ok, "your estimate differs from TwoNN's. Check: mu = rho2 / rho1 per point, sorted; the empirical "
                             "CDF i / n_pts over all points; keep the smallest 90 %; a least-squares line through the origin.")
 
@@ -45,10 +46,10 @@ def check_lower_bounds(lb) -> bool:
 
     d = list(ID_PROFILE)
     reference = IDProfile([f"block{i}" for i in range(1, len(d))], d[:-1], d[1:], 0, "twonn", 0.1).lower_bounds
-    lb = list(lb)
+    lb = number_list(name, lb, "the lower bounds")
     if len(lb) != len(reference):
         return passed(name, False, f"a profile of {len(d)} sets has {len(reference)} blocks: one bound per block")
-    return passed(name, all(abs(float(a) - b) <= 1e-9 for a, b in zip(lb, reference)),
+    return passed(name, all(abs(a - b) <= 1e-9 for a, b in zip(lb, reference)),
                   "compare each block's output with its input; what does GeLoRA do where the ID shrinks?")
 
 
@@ -60,11 +61,18 @@ def check_rank_allocation(ranks, lb=None) -> bool:
         return False
     if lb is None:
         lb = [max(b - a, 0.0) for a, b in zip(ID_PROFILE[:-1], ID_PROFILE[1:])]
-    ranks = list(ranks)
+    try:
+        ranks = None if isinstance(ranks, (str, bytes, dict)) else list(ranks)
+    except TypeError:
+        ranks = None
+    require(name, ranks is not None, f"give a list of positive integer ranks, one per block ({len(lb)} blocks)")
     cost = MATRICES_PER_BLOCK * (MATRIX_IN + MATRIX_OUT)          # parameters per unit of rank in one block
     budget = UNIFORM_R * cost * len(lb)
-    if len(ranks) != len(lb) or not all(isinstance(r, (int, np.integer)) and r >= 1 for r in ranks):
+    # an int type per rank (not 3.0, not True); compared as a plain int
+    integral = all(isinstance(r, (int, np.integer)) and not isinstance(r, (bool, np.bool_)) for r in ranks)
+    if len(ranks) != len(lb) or not integral or not all(int(r) >= 1 for r in ranks):
         return passed(name, False, f"give one positive integer rank per block ({len(lb)} blocks)")
+    ranks = [int(r) for r in ranks]
     spent = sum(int(r) * cost for r in ranks)
     scale = budget / (cost * sum(b + 1 for b in lb))              # r_l = scale * (lb_l + 1) spends the budget exactly
     if abs(spent - budget) > BUDGET_TOLERANCE * budget:

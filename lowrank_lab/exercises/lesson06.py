@@ -7,7 +7,7 @@ import math
 import statistics
 
 from lowrank_lab import stats
-from lowrank_lab.exercises import not_attempted, passed
+from lowrank_lab.exercises import not_attempted, number_answer, passed, require, text_answer, whole_answer
 
 
 def _close(a, b, tol=1e-9) -> bool:
@@ -19,6 +19,7 @@ def check_selected_rate(lr_grid: list[dict], answer: float | None) -> bool:
     lower validation loss, then by the smaller rate; a run that did not finish is never selected)."""
     if not_attempted("Exercise 1 (select the rate)", answer):
         return False
+    answer = number_answer("Exercise 1 (select the rate)", answer, "the selected rate")
     finished = [g for g in lr_grid if g["status"] == "ok" and g["validation"] is not None]
     loss = lambda g: g["validation_loss"] if g.get("validation_loss") is not None else math.inf
     best = min(finished, key=lambda g: (-g["validation"], loss(g), g["lr"]))["lr"] if finished else None
@@ -31,11 +32,17 @@ def check_selected_rate(lr_grid: list[dict], answer: float | None) -> bool:
 def check_paired_interval(method: dict, baseline: dict, mean: float | None, low: float | None,
                           high: float | None) -> bool:
     """Exercise 2: the mean of the per-seed differences method − baseline and its 95% paired-t interval."""
-    if not_attempted("Exercise 2 (paired interval)", mean, low, high):
+    name = "Exercise 2 (paired interval)"
+    if not_attempted(name, mean, low, high):
         return False
+    mean, low, high = (number_answer(name, value, what) for value, what in
+                       ((mean, "the mean"), (low, "the lower end"), (high, "the upper end")))
     seeds = sorted(set(method) & set(baseline))
-    d = [method[s] - baseline[s] for s in seeds]
+    d = [float(method[s]) - float(baseline[s]) for s in seeds]
     n = len(d)
+    require(name, n >= 2, f"a paired interval needs at least 2 seeds that both arms have; these have {n} "
+                          f"({seeds}): with one difference there is no spread to estimate (n − 1 = 0 degrees "
+                          "of freedom)")
     centre = statistics.fmean(d)
     half = stats.t_quantile(0.975, n - 1) * statistics.stdev(d) / math.sqrt(n)
     if not _close(mean, centre, 1e-9):
@@ -51,6 +58,7 @@ def check_verdict(ci95: list[float], threshold: float, answer: str | None) -> bo
         return False
     low, high = ci95
     right = "reproduced" if low > threshold else "contradicted" if high < threshold else "inconclusive"
+    answer = text_answer("Exercise 3 (verdict)", answer, "the verdict ('reproduced', 'contradicted' or 'inconclusive')")
     return passed("Exercise 3 (verdict)", answer == right,
                   "where does the whole interval lie relative to the threshold: above it, below it, or across it?")
 
@@ -68,6 +76,7 @@ def check_seeds_needed(sd: float, mean: float, answer: int | None) -> bool:
     """Exercise 4: how many seeds would make a difference of this mean and spread leave 'inconclusive'."""
     if not_attempted("Exercise 4 (seeds needed)", answer):
         return False
+    answer = whole_answer("Exercise 4 (seeds needed)", answer, "the number of seeds")
     return passed("Exercise 4 (seeds needed)", answer == seeds_needed(sd, mean),
                   "increase n until t(0.975, n − 1) · sd / sqrt(n) < |mean|; t itself shrinks as n grows, so a "
                   "1/sqrt(n) estimate alone is slightly off for small n")

@@ -13,7 +13,7 @@ import math
 import torch
 
 from lowrank_lab import presets
-from lowrank_lab.exercises import not_attempted, passed, require
+from lowrank_lab.exercises import not_attempted, number_answer, number_list, passed, require, whole_answer
 
 # One decoder block of SmolLM2-135M: the seven projections LoRA adapts, as (out m, in n) = nn.Linear.weight's
 # shape; none has a bias.
@@ -54,10 +54,11 @@ def check_memory_bytes(full_bytes, lora_bytes, layers: dict = SMOLLM2_BLOCK, r: 
     if not_attempted(name, full_bytes, lora_bytes):
         return False
     full_ref, lora_ref = _training_bytes(layers, None), _training_bytes(layers, r)
-    require(name, int(full_bytes) == full_ref,
+    full_bytes, lora_bytes = whole_answer(name, full_bytes, "full_bytes"), whole_answer(name, lora_bytes, "lora_bytes")
+    require(name, full_bytes == full_ref,
             "full fine-tuning: every number of every weight is trained; count 4 bytes for it, 4 for its gradient "
             "and 8 for its two Adam moments (m x n numbers per layer, not m + n)")
-    passed(name, int(lora_bytes) == lora_ref,
+    passed(name, lora_bytes == lora_ref,
            "LoRA: the frozen weights still take 4 bytes per number; only the factors A (r x n) and B (m x r) "
            "have gradients and Adam moments, and the factors are parameters too (4 bytes each)")
     return True
@@ -73,12 +74,15 @@ def check_low_precision(bf16_spacing_at_1000, flushed_in_fp16) -> bool:
     thousand = torch.tensor(1000.0, dtype=torch.bfloat16)
     above = (thousand.view(torch.int16) + 1).view(torch.bfloat16)
     spacing = above.float().item() - thousand.float().item()
-    require(name, math.isclose(float(bf16_spacing_at_1000), spacing, rel_tol=1e-9),
+    bf16_spacing_at_1000 = number_answer(name, bf16_spacing_at_1000, "the bf16 spacing at 1000")
+    require(name, math.isclose(bf16_spacing_at_1000, spacing, rel_tol=1e-9),
             "bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 apart; which power "
             "of two is just below 1000?")
     zeros = {g for g in FP16_GRADIENTS if torch.tensor(g, dtype=torch.float32).half().item() == 0.0}
-    given = flushed_in_fp16 if isinstance(flushed_in_fp16, (list, tuple, set)) else [flushed_in_fp16]
-    answer = {float(g) for g in given}
+    given = number_list(name, flushed_in_fp16, "the flushed gradients", single=True)  # list, set, array, tensor
+    # each given number as the FP16_GRADIENTS entry it stands for: the same number read back from a float32
+    # tensor (g[g.half() == 0].tolist()) is 1.9999999...e-08, not 2e-08; float32 keeps 7 digits
+    answer = {next((g for g in FP16_GRADIENTS if math.isclose(value, g, rel_tol=1e-6)), value) for value in given}
     require(name, answer <= set(FP16_GRADIENTS),
             f"list only numbers taken from FP16_GRADIENTS = {FP16_GRADIENTS}")
     passed(name, answer == zeros,
@@ -108,9 +112,11 @@ def check_global_batch(examples_per_step, batch_size, grad_accum_steps, processe
     if not_attempted(name, examples_per_step, batch_size, grad_accum_steps):
         return False
     seen = sum(per_process_batch for _process in range(processes) for _micro in range(accumulation))
-    require(name, int(examples_per_step) == seen,
+    examples_per_step = whole_answer(name, examples_per_step, "the examples per step")
+    require(name, examples_per_step == seen,
             "every process contributes its own micro-batches, and every micro-batch before the optimizer step counts")
-    batch_size, grad_accum_steps = int(batch_size), int(grad_accum_steps)
+    batch_size = whole_answer(name, batch_size, "batch_size")
+    grad_accum_steps = whole_answer(name, grad_accum_steps, "grad_accum_steps")
     per_rank = _per_rank_examples(batch_size, processes) if batch_size > 0 else -1
     require(name, per_rank == per_process_batch,
             "in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each rank takes batch_size / (number "
@@ -129,7 +135,8 @@ def check_resolved_steps(steps, n_rows: int, task: str = "gsm") -> bool:
     preset = presets.train_preset(task, "full", "lora")
     examples, per_step = preset["epochs"] * 3 * n_rows, preset["batch_size"] * 2  # global batch: GPUs don't enter
     reference = max(1, -(-examples // per_step))
-    passed(name, int(steps) == reference,
+    steps = whole_answer(name, steps, "the number of steps")
+    passed(name, steps == reference,
            "count the examples of `epochs` passes over the tripled data and divide by the examples one optimizer "
            "step takes, rounding a last partial step up; is TrainConfig.batch_size per GPU or global (section (d))?")
     return True
