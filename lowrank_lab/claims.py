@@ -10,7 +10,13 @@ Two kinds, told apart by ``must_hold``:
   result. Give them ``min_scale="cpu"`` when the smoke budget is too small to say anything; below that
   scale they print SKIP (and a callable is not even run).
 
-A lesson ends with :func:`summary`, which prints every recorded claim as a table.
+A claim about a trained real model is never PASS or FAIL from a lesson's own short run. It is recorded with
+:func:`study`, which prints what the committed multi-seed studies concluded (reproduced / contradicted / equivalent /
+inconclusive / no verdict, Holm-adjusted, the README's verdict), and the lesson's own run, if it shows one, is an
+:func:`illustration` (printed, never judged).
+
+A lesson ends with :func:`summary`, which prints every recorded claim as a table and counts each kind by its own
+vocabulary: invariants and toy checks by PASS / FAIL / SKIP, study claims by outcome.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 from .runtime import SCALES, get_scale
 
 STATUSES = ("PASS", "FAIL", "SKIP")
+OUTCOMES = ("reproduced", "contradicted", "equivalent", "inconclusive", "no verdict")  # study claims (lowrank_lab.stats)
+ILLUSTRATION = "illustration"
 
 _RECORDS: list[dict] = []
 
@@ -65,6 +73,48 @@ def _as_bool(value, name: str) -> bool:
 def format_line(record: dict) -> str:
     detail = f"  ({record['detail']})" if record["detail"] else ""
     return f"{record['status']:<4}  {record['name']}{detail}"
+
+
+def _record(record: "ClaimRecord") -> "ClaimRecord":
+    for i, old in enumerate(_RECORDS):
+        if old["name"] == record["name"]:
+            _RECORDS[i] = record
+            break
+    else:
+        _RECORDS.append(record)
+    print(format_line(record))
+    return record
+
+
+def study(row: dict | None, source: str, name: str | None = None) -> dict:
+    """Record what the committed studies say of a claim about a trained model (a row of
+    ``lowrank_lab.compare.study_claim``): its Holm-adjusted outcome as the status, the outcome alone, the interval
+    and the study in the detail. ``row`` None: "no verdict", with ``source`` saying why."""
+    if row is None:
+        record = ClaimRecord(name=name or "claim about a trained model", status="no verdict", detail=source,
+                             min_scale="smoke", scale=get_scale(), must_hold=False, kind="study")
+        return _record(record)
+    if row.get("verdict_holm") not in OUTCOMES:
+        raise ValueError(f"study row of {row.get('claim')!r} has no outcome of {OUTCOMES}: {row.get('verdict_holm')!r}")
+    detail = f"alone: {row['verdict']}"
+    if row.get("reason"):
+        detail += f"; {row['reason']}"
+    elif row.get("difference") is not None and row.get("ci95"):
+        detail += f"; difference {row['difference']:+.4f}, 95% CI [{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}]"
+    record = ClaimRecord(name=name or f"{row['claim']} ({row['paper']})", status=row["verdict_holm"],
+                         detail=f"{detail}; {source}", min_scale="smoke", scale=get_scale(), must_hold=False,
+                         kind="study")
+    return _record(record)
+
+
+def illustration(name: str, detail: str = "") -> dict:
+    """Record a lesson's own short run that shows a claim's direction: printed with its numbers, never judged (one
+    seed and a few steps are not evidence; :func:`study` gives the studies' outcome)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"illustration name must be a non-empty string, got {name!r}")
+    record = ClaimRecord(name=name, status=ILLUSTRATION, detail=detail, min_scale="smoke", scale=get_scale(),
+                         must_hold=False, kind="illustration")
+    return _record(record)
 
 
 def check(name: str, passed_or_callable, *, detail: str = "", min_scale: str = "smoke", scale: str | None = None,
@@ -123,14 +173,21 @@ def reset() -> None:
 
 
 def counts() -> dict[str, int]:
+    """PASS / FAIL / SKIP of the invariants and toy checks (study outcomes and illustrations: :func:`outcome_counts`)."""
     return {status: sum(r["status"] == status for r in _RECORDS) for status in STATUSES}
+
+
+def outcome_counts() -> dict[str, int]:
+    """How many study claims have each outcome, and how many illustrations were shown."""
+    found = {o: sum(r["status"] == o for r in _RECORDS) for o in (*OUTCOMES, ILLUSTRATION)}
+    return {o: n for o, n in found.items() if n}
 
 
 def table() -> str:
     """All recorded claims as an aligned text table: status, kind, min scale, claim, numbers."""
     header = ("status", "kind", "min scale", "claim", "numbers")
-    rows = [(r["status"], "invariant" if r["must_hold"] else "empirical", r["min_scale"], r["name"], r["detail"])
-            for r in _RECORDS]
+    rows = [(r["status"], r.get("kind") or ("invariant" if r["must_hold"] else "empirical"), r["min_scale"], r["name"],
+             r["detail"]) for r in _RECORDS]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header[:-1])]
     lines = []
     for row in [header, tuple("-" * w for w in widths) + ("-" * 7,), *rows]:
@@ -143,5 +200,11 @@ def summary() -> dict[str, int]:
     print(table())
     n = counts()
     scale = _RECORDS[-1]["scale"] if _RECORDS else get_scale()
-    print(f"\n{n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped (scale: {scale})")
+    print(f"\nchecks: {n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped (scale: {scale})")
+    outcomes = outcome_counts()
+    if outcomes:
+        print("claims about trained models (the committed studies' outcomes, Holm-adjusted): "
+              + ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items() if outcome != ILLUSTRATION)
+              + (f"; {outcomes[ILLUSTRATION]} illustration(s) from this notebook's own short runs"
+                 if ILLUSTRATION in outcomes else ""))
     return n

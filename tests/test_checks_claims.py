@@ -233,6 +233,29 @@ def test_rerun_replaces_record_and_summary_table(capsys):
     assert re.match(r"PASS\s+empirical\s+smoke\s+a\s+0\.3 >= 0\.2$", lines[2])
     assert re.match(r"PASS\s+invariant\s+smoke\s+b\s+1 == 1$", lines[3])
     assert re.match(r"SKIP\s+empirical\s+full\s+c\s+needs scale >= full; running cpu$", lines[4])
-    assert "2 passed, 0 failed, 1 skipped (scale: cpu)" in out
+    assert "checks: 2 passed, 0 failed, 1 skipped (scale: cpu)" in out
     claims.reset()
     assert claims.records() == [] and claims.counts() == {"PASS": 0, "FAIL": 0, "SKIP": 0}
+
+
+def test_study_claims_print_the_studies_outcome_and_illustrations_are_never_judged(capsys):
+    claims.reset()
+    row = {"claim": "X beats Y", "paper": "P", "verdict_holm": "inconclusive", "verdict": "reproduced",
+           "difference": 0.012, "ci95": [0.001, 0.023], "reason": None}
+    claims.study(row, "results/s/")
+    claims.study({**row, "claim": "Z", "verdict_holm": "no verdict", "verdict": "no verdict",
+                  "reason": "Z did not learn"}, "results/s/")
+    claims.study(None, "no committed study judged it", name="W beats Y")
+    claims.illustration("one seed: X 0.81 vs Y 0.80", "128 steps")
+    claims.check("an invariant", True, must_hold=True)
+    out = capsys.readouterr().out
+    assert "inconclusive  X beats Y (P)  (alone: reproduced; difference +0.0120, 95% CI [+0.0010, +0.0230]" in out
+    assert "Z did not learn" in out and "illustration  one seed" in out
+    assert claims.counts() == {"PASS": 1, "FAIL": 0, "SKIP": 0}  # studies and illustrations are not PASS/FAIL
+    assert claims.outcome_counts() == {"inconclusive": 1, "no verdict": 2, "illustration": 1}
+    claims.summary()
+    out = capsys.readouterr().out
+    assert "checks: 1 passed, 0 failed, 0 skipped" in out and "1 inconclusive, 2 no verdict; 1 illustration(s)" in out
+    with pytest.raises(ValueError, match="no outcome"):
+        claims.study({**row, "verdict_holm": "PASS"}, "s")
+    claims.reset()
