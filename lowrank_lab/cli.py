@@ -22,6 +22,7 @@ from pathlib import Path
 from lowrank_lab import distributed, files, presets, recipes, registry
 from lowrank_lab.experiment import DEFAULT_MODELS, run_method, run_spec
 from lowrank_lab.runtime import SCALES, environment_report, get_device, get_scale
+from lowrank_lab.site import add_site_parser
 from lowrank_lab.train import TrainingDiverged, TrainingFailed
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
@@ -537,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(subparsers)
     add_report_parser(subparsers)
     add_lessons_parser(subparsers)
+    add_site_parser(subparsers)
     return parser
 
 
