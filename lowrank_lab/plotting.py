@@ -188,3 +188,57 @@ def plot_learn_forget(runs: list[dict], path=None, title: str = "", metric: str 
     if path is not None:
         fig.savefig(path)
     return fig
+
+
+def _as_png(fig):
+    """A figure as an IPython PNG image (the figure is closed: nothing else draws it a second time)."""
+    import io
+
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return Image(data=buffer.getvalue())
+
+
+EXPLORER_CLASS = "lowrank-lab-explorer"
+
+
+def explorer(draw, defaults: dict, controls=None, path=None):
+    """One figure that a lesson's reader can explore, and that stays one figure everywhere.
+
+    ``draw(**values)`` returns a matplotlib figure (it neither shows nor saves it). The default view
+    ``draw(**defaults)`` is saved to ``path`` (once: moving a control never overwrites it) and displayed as a PNG
+    under a display handle, so an executed copy, a rendered site and a reopened notebook all show the default view
+    (a plain image needs no widget state). In a live Jupyter session (:func:`lowrank_lab.widgets_enabled`) the
+    controls that ``controls(ipywidgets)`` builds, ``{name: widget}`` starting at the defaults, appear above it
+    and redraw into the same handle: one figure, never a static copy above an interactive one. Returns the handle."""
+    from IPython.display import display
+
+    from lowrank_lab.runtime import widgets_enabled
+
+    fig = draw(**defaults)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    image = _as_png(fig)
+    made = None
+    if controls is not None and widgets_enabled():
+        try:
+            import ipywidgets
+        except ImportError:
+            print("ipywidgets is not installed: the figure shows the default view")
+        else:
+            made = controls(ipywidgets)
+            box = ipywidgets.HBox(list(made.values()), layout=ipywidgets.Layout(flex_flow="row wrap"))
+            box.add_class(EXPLORER_CLASS)  # how a browser test finds an explorer's controls on the page
+            display(box)
+    handle = display(image, display_id=True)
+    if made:
+        def redraw(_change=None):
+            handle.update(_as_png(draw(**{**defaults, **{name: control.value for name, control in made.items()}})))
+
+        for control in made.values():
+            control.observe(redraw, names="value")
+    return handle
