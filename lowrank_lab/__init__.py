@@ -35,7 +35,7 @@ from .methods.xgblora import XGBLoRA
 from . import checks, claims
 from .plotting import plot_curves
 from .train import TrainConfig, evaluate, train
-from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, seed_everything, widgets_enabled
+from .runtime import SCALES, get_device, get_scale, print_env, runs_dir, runs_label, seed_everything, widgets_enabled
 
 __version__ = "0.1.0"
 
@@ -78,6 +78,7 @@ __all__ = [
     "plot_curves",
     "print_env",
     "runs_dir",
+    "runs_label",
     "save_adapter",
     "seed_everything",
     "solve_sylvester",

@@ -77,6 +77,16 @@ def runs_dir(*parts: str) -> Path:
     return path
 
 
+def runs_label(path: Path) -> str:
+    """``path`` as a reader should see it: ``runs/...`` relative to the runs root (``$LOWRANK_LAB_RUNS`` or
+    ``runs``), never the absolute path of the machine that ran it (an executed copy is read elsewhere)."""
+    root = Path(os.environ.get(RUNS_ENV) or "runs")
+    try:
+        return "runs/" + Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)

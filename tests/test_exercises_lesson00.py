@@ -34,8 +34,9 @@ def test_scale_predictions(monkeypatch):
     monkeypatch.setenv("LOWRANK_LAB_SCALE", "smoke")
     right = ["cpu", "full", "smoke", "cpu", "full", "cpu"]
     assert ex.check_scale_predictions(right)
-    with pytest.raises(ExerciseError, match=r"\[3\]"):
+    with pytest.raises(ExerciseError, match="not every prediction is right") as info:
         ex.check_scale_predictions(["cpu", "full", "smoke", "smoke", "full", "cpu"])  # env beating the parameter
+    assert "[3]" not in str(info.value) and "case" not in str(info.value)  # no case is named: three scales per case could be tried one by one
     with pytest.raises(ExerciseError, match="one prediction per case"):
         ex.check_scale_predictions(right[:-1])
     assert ex.check_scale_predictions(None) is False

@@ -3,6 +3,7 @@ the runtime table work on a tiny notebook executed here."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -91,3 +92,38 @@ def test_the_lessons_readme_shows_the_table_the_timings_give():
     readme = (notebooks.LESSONS / "README.md").read_text()
     assert f"{notebooks.TABLE_START}\n{table}\n{notebooks.TABLE_END}" in readme, \
         "regenerate it: python -m lowrank_lab lessons --table"
+
+
+# What a reader of an executed copy must never see (issue: lessons that agree with their numbers). Checked on every
+# committed copy's outputs, mechanically: a PASS or FAIL on a claim about a trained model (those print the studies'
+# outcomes, or an illustration), anything on stderr, a path of the machine that executed it, an accuracy that does
+# not say which split it is on.
+MACHINE_PATH = re.compile(r"(?<![\w.])(/tmp/|/work/|/root/|/home/|/Users/|[A-Z]:\\)")
+JUDGED_EMPIRICAL = re.compile(r"^(PASS|FAIL)\s+empirical\s+cpu\b", re.MULTILINE)  # claims that needed training
+ACCURACY_VALUE = re.compile(r"accuracy\s*[=:]?\s*[01]?\.\d", re.IGNORECASE)
+SPLITS = re.compile(r"\b(validation|val|test|train|training|probe|majority|retained|chance|toy|held-out|heldout)\b",
+                    re.IGNORECASE)
+
+
+def _outputs(copy):
+    for index, cell in enumerate(json.loads(copy.read_text())["cells"]):
+        for output in cell.get("outputs", []):
+            text = output.get("text") or "".join((output.get("data") or {}).get("text/plain", ""))
+            yield index, output, "".join(text) if isinstance(text, list) else text
+
+
+@pytest.mark.parametrize("copy", sorted(notebooks.EXECUTED.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_executed_copies_show_no_clutter_and_no_judged_short_run(copy):
+    problems = []
+    for index, output, text in _outputs(copy):
+        if output.get("name") == "stderr":
+            problems.append(f"cell {index}: stderr: {text.strip()[:120]}")
+        if MACHINE_PATH.search(text or ""):
+            problems.append(f"cell {index}: a machine path: {MACHINE_PATH.search(text).group(0)}...")
+        if JUDGED_EMPIRICAL.search(text or ""):
+            problems.append(f"cell {index}: a claim about a trained model judged PASS/FAIL: "
+                            f"{JUDGED_EMPIRICAL.search(text).group(0)}")
+        for line in (text or "").splitlines():
+            if ACCURACY_VALUE.search(line) and not SPLITS.search(line):
+                problems.append(f"cell {index}: an accuracy without its split: {line.strip()[:120]}")
+    assert not problems, f"{copy.name}:\n" + "\n".join(problems)

@@ -11,6 +11,14 @@ An answer is read by value before it is compared (:func:`number_answer`, :func:`
 :func:`number_list`, :func:`tensor_answer`, :func:`text_answer`): a number may come as an int, a float, a numpy
 scalar or a one-element array or tensor; a count must be a whole number (589824.9 is not 589824); a string, a
 NaN or an object that claims to equal everything gets the hint, never a pass and never a raw exception.
+
+Where an exercise says "without autograd" or "without <a library function>", its check also accepts the answer as
+a *function* of the exercise's inputs and runs it itself (:func:`call_answer`): under ``torch.no_grad()`` with
+``backward``/``torch.autograd.grad``/``torch.func`` made to raise (:func:`no_autograd`), or with the library
+function it must not use made to raise wherever it is reachable (:func:`forbidden`), and on inputs the student has
+not seen as well as on the exercise's own, so a pasted number does not pass either. The old call with the values
+is still accepted. No check tells which item of a small discrete answer is wrong: the answers that could be found
+by trying the few possible values come with a quantity that has to be computed (an interval, a function).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from contextlib import ExitStack, contextmanager
 
 
 class ExerciseError(AssertionError):
@@ -25,7 +34,13 @@ class ExerciseError(AssertionError):
 
     def _render_traceback_(self) -> list[str]:
         """What IPython shows for it: the hint in one line, not a traceback into the check's code."""
-        return [f"{type(self).__name__}: {self}"]
+        return [f"{type(self).__name__}: {one_line(self)}"]
+
+
+def one_line(value, limit: int = 400) -> str:
+    """``str(value)`` with its whitespace (newlines included) collapsed to single spaces, cut to ``limit``."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def not_attempted(name: str, *answers) -> bool:
@@ -156,3 +171,152 @@ def tensor_answer(name: str, answer, what: str):
     require(name, value is not None, f"{what} must be a tensor of numbers (a tensor, an array or nested lists), "
                                      f"got {_shown(answer)}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answers given as functions: run under the exercise's rules ("without autograd", "without lrl.X")
+# ---------------------------------------------------------------------------------------------------------------
+class ForbiddenCall(BaseException):
+    """Raised by a function an exercise asks the student to do without, while the student's answer runs. A
+    BaseException, so an ``except Exception`` in the answer does not swallow it (and the use is recorded anyway)."""
+
+
+def _stub(label: str, used: list):
+    def forbidden_function(*args, **kwargs):
+        used.append(label)
+        raise ForbiddenCall(label)
+
+    forbidden_function.__name__ = forbidden_function.__qualname__ = f"forbidden({label})"
+    return forbidden_function
+
+
+def _places(scope: dict | None):
+    """Where a student's code can reach a library function: every loaded ``lowrank_lab`` module, scipy's linalg if it
+    is loaded, and the student's own globals (the notebook's namespace)."""
+    for module_name, module in list(sys.modules.items()):
+        if module is not None and (module_name == "lowrank_lab" or module_name.startswith("lowrank_lab.")
+                                   or module_name == "scipy.linalg"):
+            yield vars(module)
+    if scope is not None:
+        yield scope
+
+
+@contextmanager
+def forbidden(functions: dict | None = None, names: dict | None = None, scope: dict | None = None, used=None,
+              cells=()):
+    """While active, every reference to each object of ``functions`` (label -> the function) in the places of
+    :func:`_places` and in the closure ``cells`` of the student's function, and each global name of ``names`` (name
+    -> label: a lesson's own helper, such as ``twonn_teaching``) in ``scope``, is replaced by a stub that records the
+    label in ``used`` and raises :class:`ForbiddenCall`. Everything is put back on exit."""
+    used = [] if used is None else used
+    functions = functions or {}
+    swapped, swapped_cells = [], []
+    try:
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            label = next((lab for lab, f in functions.items() if value is f), None)
+            if label is not None:
+                swapped_cells.append((cell, value))
+                cell.cell_contents = _stub(label, used)
+        for namespace in _places(scope):
+            for key, value in list(namespace.items()):
+                label = next((lab for lab, f in functions.items() if value is f), None)
+                if label is None and namespace is scope and names and key in names:
+                    label = names[key]
+                if label is not None:
+                    swapped.append((namespace, key, value))
+                    namespace[key] = _stub(label, used)
+        yield used
+    finally:
+        for namespace, key, value in reversed(swapped):
+            namespace[key] = value
+        for cell, value in reversed(swapped_cells):
+            cell.cell_contents = value
+
+
+_AUTOGRAD_ENTRY_POINTS = (
+    ("torch.autograd", ("backward", "grad")),
+    ("torch.autograd.functional", ("jacobian", "hessian", "vjp", "jvp", "vhp", "hvp")),
+    ("torch.func", ("grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian")),
+)
+
+
+@contextmanager
+def no_autograd(used=None):
+    """Autograd off while active: ``torch.no_grad()``, and ``Tensor.backward``, ``torch.autograd.grad`` /
+    ``backward``, ``torch.autograd.functional.*`` and ``torch.func``'s transforms replaced by stubs that record
+    "autograd" in ``used`` and raise :class:`ForbiddenCall` (``torch.enable_grad()`` inside the answer does not
+    bring them back)."""
+    import importlib
+
+    import torch
+
+    used = [] if used is None else used
+    swapped = []
+    try:
+        for module_name, attributes in _AUTOGRAD_ENTRY_POINTS:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:  # an older torch without torch.func
+                continue
+            for attribute in attributes:
+                if hasattr(module, attribute):
+                    swapped.append((module, attribute, getattr(module, attribute)))
+                    setattr(module, attribute, _stub(f"autograd (torch: {module_name}.{attribute})", used))
+        swapped.append((torch.Tensor, "backward", torch.Tensor.backward))
+        torch.Tensor.backward = _stub("autograd (Tensor.backward)", used)
+        with torch.no_grad():
+            yield used
+    finally:
+        for owner, attribute, value in reversed(swapped):
+            setattr(owner, attribute, value)
+
+
+def call_answer(name: str, function, *args, functions: dict | None = None, names: dict | None = None,
+                autograd: bool = True, rule: str = ""):
+    """Run the student's ``function(*args)`` under the exercise's rules and return its result: with ``autograd=False``
+    under :func:`no_autograd`, with ``functions``/``names`` made to raise (:func:`forbidden`). Any use of what is
+    ruled out, or any exception the answer raises, becomes the one-line hint (:class:`ExerciseError`), never a
+    traceback. ``rule`` says what the exercise asks instead."""
+    require(name, callable(function), f"the answer must be a function, got {_shown(function)}")
+    used: list = []
+    inner = getattr(function, "func", function)  # functools.partial: its func's globals and closure
+    scope, cells = getattr(inner, "__globals__", None), getattr(inner, "__closure__", None) or ()
+    error = None
+    with ExitStack() as stack:
+        stack.enter_context(forbidden(functions, names, scope, used, cells))
+        if not autograd:
+            stack.enter_context(no_autograd(used))
+        try:
+            result = function(*args)
+        except ForbiddenCall:
+            pass
+        except ExerciseError:
+            raise
+        except Exception as raised:  # the answer's own bug: its message as the hint, in one line
+            error = raised
+    if used:
+        raise ExerciseError(f"{name}: not yet. your function uses {used[0]}, which this exercise rules out"
+                            f"{'; ' + rule if rule else ''}.") from None
+    if error is not None:
+        raise ExerciseError(f"{name}: not yet. your function raised {type(error).__name__}: "
+                            f"{one_line(error, 240)}") from None
+    return result
+
+
+def unanswered(result) -> bool:
+    """True when a function's result is still the starter's: None, ``...``, or a tuple/list holding one."""
+    if result is None or result is Ellipsis:
+        return True
+    return isinstance(result, (tuple, list)) and any(item is None or item is Ellipsis for item in result)
+
+
+def function_not_attempted(name: str, result) -> bool:
+    """:func:`not_attempted` for the value a student's function returned."""
+    if unanswered(result):
+        print(f"· {name}: not attempted yet (your function still returns None: fill it in and run the cell again)")
+        return True
+    return False

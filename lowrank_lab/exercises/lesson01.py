@@ -2,7 +2,10 @@
 
 Each ``check_...`` computes its reference its own way (the library's layer and its parameter list, autograd,
 the layer's own forward, a Monte-Carlo sweep), never from the formula the student is asked to apply, and its
-hint says where to look, not what the answer is.
+hint says where to look, not what the answer is. Exercise 2 ("without autograd") also takes the answer as a function
+``lora_gradients(X, target, W0, b, A, B, s) -> (G_A, G_B)``, run with autograd disabled on the exercise's layer and
+on one of another shape; exercise 4 takes the slope as a function of ψ, checked at ψ values the student is not
+told, so neither can be passed by trying a few numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank_lab.exercises import not_attempted, number_answer, passed, tensor_answer, whole_answer
+from lowrank_lab.exercises import (call_answer, function_not_attempted, not_attempted, number_answer, passed, require,
+                                   tensor_answer, whole_answer)
 from lowrank_lab.adapters import count_parameters, inject
 from lowrank_lab.layers.lora import LoRAConfig, LoRALinear
 
@@ -32,9 +36,9 @@ def check_lora_parameter_count(count, fraction, in_features: int = 384, out_feat
     ref_count, _ = count_parameters(inject(dense, LoRAConfig(r=r, target_modules=("0",))))  # trainable ones
     ref_fraction = ref_count / n_weight
     count, fraction = whole_answer(name, count, "the count"), number_answer(name, fraction, "the fraction")
-    passed(name, count == ref_count,
-           "the count is not right: write down the shapes of A and B for this layer (which one has in_features "
-           "columns, which one out_features rows?) and count their entries; the frozen W0 is not trained.")
+    require(name, count == ref_count,
+            "the count is not right: write down the shapes of A and B for this layer (which one has in_features "
+            "columns, which one out_features rows?) and count their entries; the frozen W0 is not trained.")
     return passed(name, math.isclose(fraction, ref_fraction, rel_tol=1e-6),
                   "the count is right but the fraction is not: divide by the number of entries of W0 (m·n), "
                   "not by W0 plus the adapter.")
@@ -47,10 +51,11 @@ TOY_SHAPE = (8, 6, 5, 3)  # (N, n, m, r)
 TOY_ALPHA = 6.0
 
 
-def lora_toy(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, LoRALinear]:
+def lora_toy(seed: int = 0, shape: tuple = TOY_SHAPE) -> tuple[torch.Tensor, torch.Tensor, LoRALinear]:
     """``(X, target, layer)`` for exercises 2 and 3: a float64 ``LoRALinear`` (s = alpha/r) whose A AND B are
-    non-zero, and the loss ``L = ((layer(X) - target) ** 2).sum() / 2``. Same seed, same tensors."""
-    N, n, m, r = TOY_SHAPE
+    non-zero, and the loss ``L = ((layer(X) - target) ** 2).sum() / 2``. Same seed, same tensors. ``shape`` =
+    (N, n, m, r)."""
+    N, n, m, r = shape
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(N, n, generator=gen, dtype=torch.float64)
     target = torch.randn(N, m, generator=gen, dtype=torch.float64)
@@ -64,24 +69,54 @@ def lora_toy(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, LoRALinear]:
     return X, target, layer
 
 
-def check_lora_gradients(grad_A, grad_B, seed: int = 0) -> bool:
-    """Exercise 2: ``grad_A`` = ∂L/∂A (r × n) and ``grad_B`` = ∂L/∂B (m × r) of :func:`lora_toy`'s loss."""
-    name = "Exercise 2 (closed-form G_A and G_B)"
-    if not_attempted(name, grad_A, grad_B):
-        return False
-    X, target, layer = lora_toy(seed)
-    (((layer(X) - target) ** 2).sum() / 2).backward()
-    ref_A, ref_B = layer.lora_A.grad.detach(), layer.lora_B.grad.detach()
+# A second layer, of another shape, on which a function answer must be right too (not shown in the lesson).
+_HIDDEN_TOY = (7, (10, 7, 4, 2))
+
+
+def _lora_reference(seed: int, shape: tuple = TOY_SHAPE):
+    X, target, layer = lora_toy(seed, shape)
+    with torch.enable_grad():
+        (((layer(X) - target) ** 2).sum() / 2).backward()
+    return layer.lora_A.grad.detach(), layer.lora_B.grad.detach()
+
+
+def _judge_lora_gradients(name: str, grad_A, grad_B, ref_A, ref_B, where: str = "") -> None:
     grad_A, grad_B = tensor_answer(name, grad_A, "∂L/∂A"), tensor_answer(name, grad_B, "∂L/∂B")
-    passed(name, tuple(grad_A.shape) == tuple(ref_A.shape) and tuple(grad_B.shape) == tuple(ref_B.shape),
-           f"a gradient has its parameter's shape: A is {tuple(ref_A.shape)}, B is {tuple(ref_B.shape)}; got "
-           f"{tuple(grad_A.shape)} and {tuple(grad_B.shape)}")
+    require(name, tuple(grad_A.shape) == tuple(ref_A.shape) and tuple(grad_B.shape) == tuple(ref_B.shape),
+            f"{where}a gradient has its parameter's shape: A is {tuple(ref_A.shape)}, B is {tuple(ref_B.shape)}; got "
+            f"{tuple(grad_A.shape)} and {tuple(grad_B.shape)}")
     ok_A, ok_B = (torch.allclose(g, ref, rtol=1e-9, atol=1e-9) for g, ref in ((grad_A, ref_A), (grad_B, ref_B)))
     hint = ("start from δ = ∂L/∂Y of this loss, form the full gradient G = δᵀX, then compress it through the "
             "OTHER factor; did you keep the scale s (layer.scaling)?")
-    passed(name, ok_A or ok_B, "neither gradient is right: " + hint)
-    return passed(name, ok_A and ok_B, f"∂L/∂{'A' if ok_A else 'B'} is right but ∂L/∂{'B' if ok_A else 'A'} is "
-                                       "not: which side of G does each factor multiply, and is it transposed?")
+    require(name, ok_A or ok_B, f"{where}neither gradient is right: " + hint)
+    require(name, ok_A and ok_B, f"{where}∂L/∂{'A' if ok_A else 'B'} is right but ∂L/∂{'B' if ok_A else 'A'} is "
+                                 "not: which side of G does each factor multiply, and is it transposed?")
+
+
+def check_lora_gradients(grad_A, grad_B=None, seed: int = 0) -> bool:
+    """Exercise 2: ``grad_A`` = ∂L/∂A (r × n) and ``grad_B`` = ∂L/∂B (m × r) of :func:`lora_toy`'s loss.
+
+    ``grad_A`` may instead be a function ``lora_gradients(X, target, W0, b, A, B, s) -> (G_A, G_B)`` (``grad_B``
+    left out): the check runs it with autograd disabled, on the exercise's layer and on one of another shape."""
+    name = "Exercise 2 (closed-form G_A and G_B)"
+    if callable(grad_A):
+        for index, (case_seed, shape) in enumerate(((seed, TOY_SHAPE), _HIDDEN_TOY)):
+            X, target, layer = lora_toy(case_seed, shape)
+            args = (X, target, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A, layer.lora_B)
+            result = call_answer(name, grad_A, *(t.detach().clone() for t in args), layer.scaling, autograd=False,
+                                 rule="compute δ, G and the two factor gradients with tensor operations")
+            if index == 0 and function_not_attempted(name, result):
+                return False
+            require(name, isinstance(result, (tuple, list)) and len(result) == 2,
+                    "your function must return two tensors: (G_A, G_B)")
+            where = "" if index == 0 else (f"right on the exercise's layer, but on one of shape (N, n, m, r) = {shape}: "
+                                           "use only the function's arguments (no fixed sizes or scale); ")
+            _judge_lora_gradients(name, result[0], result[1], *_lora_reference(case_seed, shape), where=where)
+        return passed(name, True, "")
+    if not_attempted(name, grad_A, grad_B):
+        return False
+    _judge_lora_gradients(name, grad_A, grad_B, *_lora_reference(seed))
+    return passed(name, True, "")
 
 
 def check_merged_weight(W_merged, seed: int = 0) -> bool:
@@ -93,8 +128,8 @@ def check_merged_weight(W_merged, seed: int = 0) -> bool:
     _, _, layer = lora_toy(seed)
     m, n = layer.base_layer.weight.shape
     W_merged = tensor_answer(name, W_merged, "the merged weight")
-    passed(name, tuple(W_merged.shape) == (m, n),
-           f"the merged weight has W0's shape (m, n) = {(m, n)}, got {tuple(W_merged.shape)}")
+    require(name, tuple(W_merged.shape) == (m, n),
+            f"the merged weight has W0's shape (m, n) = {(m, n)}, got {tuple(W_merged.shape)}")
     # The reference is the layer's own forward: on 4n random inputs (enough to pin down every entry of W).
     x = torch.randn(4 * n, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     with torch.no_grad():
@@ -122,18 +157,39 @@ def coherent_step_slope(exponent: float, ranks=(1, 2, 4, 8, 16, 32, 64, 128, 256
     return float(np.polyfit(np.log(ranks), np.log(sizes), 1)[0])
 
 
-def check_rank_stabilization(beta, slope_lora) -> bool:
-    """Exercise 4: ``beta`` = the exponent in s = α/r^beta that keeps the one-step update Θ(1) in r (SGD from
-    B = 0); ``slope_lora`` = the log-log slope in r of that update's size with LoRA's s = α/r."""
+# ψ values at which a slope function is checked, besides 0, 1/2 and 1 (none is announced to the student).
+_SLOPE_PSIS = (1.0, 0.0, 0.5, 0.3, 0.85, 1.7)
+
+
+def check_rank_stabilization(psi, slope_lora) -> bool:
+    """Exercise 4: ``psi`` = the exponent in s = α/r^ψ that keeps the one-step update Θ(1) in r (SGD from
+    B = 0); ``slope_lora`` = the log-log slope in r of that update's size with LoRA's s = α/r.
+
+    ``slope_lora`` may instead be a function ``slope(psi)``: the log-log slope of the update's size with
+    s = α/r^ψ, for any ψ; the check compares it with the Monte-Carlo measurement at several ψ, so the
+    answer is a derivation, not a number found by trying a few. A number is read as the slope at ψ = 1 (LoRA)."""
     name = "Exercise 4 (rank-stabilising scale)"
-    if not_attempted(name, beta, slope_lora):
+    if not_attempted(name, psi, slope_lora):
         return False
-    beta, slope_lora = number_answer(name, beta, "the exponent"), number_answer(name, slope_lora, "the slope")
     slope_unscaled = coherent_step_slope(0.0)  # s = 1: the update grows like r^slope_unscaled
-    slope_alpha_over_r = coherent_step_slope(1.0)
-    passed(name, abs(slope_lora - slope_alpha_over_r) < 0.1,
-           "the slope for s = α/r is not right: with s fixed, how does Σ_i a_i a_iᵀ grow with the number of "
-           "terms r, and how many factors of s does the one-step update B₁A carry?")
-    return passed(name, abs(beta - slope_unscaled / 2) < 0.05,
-                  "the exponent is not right: the update carries s twice; which power of r cancels the growth "
-                  "of AᵀA?")
+    # s = r^-ψ multiplies every size by r^-2ψ exactly, so the measured slope at ψ is slope_unscaled − 2ψ
+    if callable(slope_lora):
+        values = []
+        for b in _SLOPE_PSIS:
+            value = call_answer(name, slope_lora, b)
+            if function_not_attempted(name, value):
+                return False
+            values.append(number_answer(name, value, f"your slope function's value at ψ = {b}"))
+        require(name, all(abs(v - (slope_unscaled - 2 * b)) < 0.1 for v, b in zip(values, _SLOPE_PSIS)),
+                "your slope function is off at some ψ: from B = 0, how does Σ_i a_i a_iᵀ grow with the number of "
+                "terms r, and how many factors of s = α/r^ψ does the one-step update B₁A carry?")
+        psi = number_answer(name, psi, "the exponent")
+        return passed(name, abs(psi - slope_unscaled / 2) < 0.05,
+                      "your slope function is right; the exponent is not: at which ψ is that slope zero?")
+    psi, slope_lora = number_answer(name, psi, "the exponent"), number_answer(name, slope_lora, "the slope")
+    right = abs(slope_lora - (slope_unscaled - 2.0)) < 0.1 and abs(psi - slope_unscaled / 2) < 0.05
+    # One hint for both numbers: telling which one is wrong would let each be found by trying a few values.
+    return passed(name, right,
+                  "not both right. With s fixed, how does Σ_i a_i a_iᵀ grow with the number of terms r, and how many "
+                  "factors of s does the one-step update B₁A carry? The slope for s = α/r follows, and the exponent "
+                  "is the one that cancels the growth.")

@@ -1,12 +1,15 @@
 """Self-checking exercises of lesson 04 (Bone and Bat). Each check computes its reference its own way (building
-the library's layers, or re-merging an answer), never from the formula the student is asked to write."""
+the library's layers, or re-merging an answer), never from the formula the student is asked to write. Exercise 2
+("without ``tiled_identity`` or ``bone_to_lora``") also takes the answer as a function ``bone_as_lora(D, n) -> (E,
+B)``, which the check runs with those (and ``shard_sum``) made to raise, on the exercise's block and on blocks of
+other shapes."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from . import not_attempted, number_list, passed, require, tensor_answer
+from . import call_answer, function_not_attempted, not_attempted, number_list, passed, require, tensor_answer
 
 # (in_features, out_features, r) of the layers in exercise 1: a square MiniLM projection, a SmolLM2 up
 # projection, and a down projection whose input is not a multiple of r (Bone pads the last shard).
@@ -35,30 +38,64 @@ def check_bone_parameter_count(answers) -> bool:
                   "shards, and which one does it span? Does the padded input change the count?")
 
 
-def check_bone_as_lora(D: torch.Tensor, n_in: int, E, B) -> bool:
-    """Exercise 2: a frozen ``E`` (r × n_in, the tiled identity) and ``B`` (out × r) with ``B @ E`` equal to the
-    update of a Bone layer whose block is ``D`` (r × out)."""
-    name = "Exercise 2 (Bone = LoRA with a frozen tiled-identity A)"
-    if not_attempted(name, E, B):
-        return False
+def _judge_bone_as_lora(name: str, D: torch.Tensor, n_in: int, E, B, where: str = "") -> None:
+    """Raise the hint unless B @ E is the update of a Bone layer with block D and E is zeros and ones."""
     from ..layers.bone import BoneLinear
 
     r, n_out = D.shape
     E, B = tensor_answer(name, E, "E"), tensor_answer(name, B, "B")
-    if tuple(E.shape) != (r, n_in):
-        return passed(name, False, f"E has shape {tuple(E.shape)}; A of a LoRA on this layer is (r, in)")
-    if tuple(B.shape) != (n_out, r):
-        return passed(name, False, f"B has shape {tuple(B.shape)}; B of a LoRA on this layer is (out, r)")
-    if not torch.all((E == 0) | (E == 1)):
-        return passed(name, False, "E should hold only zeros and ones: it copies input coordinates into shard sums")
+    require(name, tuple(E.shape) == (r, n_in), f"{where}E has shape {tuple(E.shape)}; A of a LoRA on this layer is "
+                                               f"(r, in) = {(r, n_in)}")
+    require(name, tuple(B.shape) == (n_out, r), f"{where}B has shape {tuple(B.shape)}; B of a LoRA on this layer is "
+                                                f"(out, r) = {(n_out, r)}")
+    require(name, bool(torch.all((E == 0) | (E == 1))),
+            f"{where}E should hold only zeros and ones: it copies input coordinates into shard sums")
     layer = BoneLinear(nn.Linear(n_in, n_out, bias=False).to(D.dtype), r)
     with torch.no_grad():
         layer.bone_block.copy_(D)
     reference = layer.delta_weight().detach()
     got = B.to(reference.dtype) @ E.to(reference.dtype)
-    return passed(name, torch.allclose(got, reference, atol=1e-10, rtol=0),
-                  "B @ E differs from the Bone update [D^T | D^T | ...]. Input column i lands in shard sum "
-                  "coordinate i mod r; check the last, partial shard too.")
+    require(name, torch.allclose(got, reference, atol=1e-10, rtol=0),
+            f"{where}B @ E differs from the Bone update [D^T | D^T | ...]. Input column i lands in shard sum "
+            "coordinate i mod r; check the last, partial shard too.")
+
+
+# Blocks of other shapes, (r, out, in), on which a function answer must be right too: a padded last shard and an
+# exact fit.
+_HIDDEN_BONE_CASES = ((3, 4, 11), (2, 3, 8))
+
+
+def check_bone_as_lora(D: torch.Tensor, n_in: int, E, B=None) -> bool:
+    """Exercise 2: a frozen ``E`` (r × n_in, the tiled identity) and ``B`` (out × r) with ``B @ E`` equal to the
+    update of a Bone layer whose block is ``D`` (r × out).
+
+    ``E`` may instead be a function ``bone_as_lora(D, n) -> (E, B)`` (``B`` left out): the check runs it with the
+    library's ``tiled_identity``, ``bone_to_lora`` and ``shard_sum`` made to raise, on ``D`` and on other blocks."""
+    name = "Exercise 2 (Bone = LoRA with a frozen tiled-identity A)"
+    D = torch.as_tensor(D, dtype=torch.float64)
+    if callable(E):
+        from ..layers import bone
+
+        functions = {f"lowrank_lab.layers.bone.{f.__name__}": f for f in (bone.tiled_identity, bone.bone_to_lora,
+                                                                         bone.shard_sum)}
+        gen = torch.Generator().manual_seed(41)
+        cases = [(D, n_in)] + [(torch.randn(r, m, generator=gen, dtype=torch.float64), n)
+                               for r, m, n in _HIDDEN_BONE_CASES]
+        for index, (block, n) in enumerate(cases):
+            result = call_answer(name, E, block.clone(), n, functions=functions,
+                                 rule="build E from zeros and ones yourself")
+            if index == 0 and function_not_attempted(name, result):
+                return False
+            require(name, isinstance(result, (tuple, list)) and len(result) == 2,
+                    "your function must return two matrices: (E, B)")
+            where = "" if index == 0 else (f"right on the exercise's block, but not for r = {block.shape[0]}, "
+                                           f"{block.shape[1]} outputs and n = {n} inputs: use only the arguments; ")
+            _judge_bone_as_lora(name, block, n, result[0], result[1], where)
+        return passed(name, True, "")
+    if not_attempted(name, E, B):
+        return False
+    _judge_bone_as_lora(name, D, n_in, E, B)
+    return passed(name, True, "")
 
 
 def check_bat_unmerge(W_merged: torch.Tensor, D: torch.Tensor, W0) -> bool:

@@ -75,9 +75,7 @@ def check_low_precision(bf16_spacing_at_1000, flushed_in_fp16) -> bool:
     above = (thousand.view(torch.int16) + 1).view(torch.bfloat16)
     spacing = above.float().item() - thousand.float().item()
     bf16_spacing_at_1000 = number_answer(name, bf16_spacing_at_1000, "the bf16 spacing at 1000")
-    require(name, math.isclose(bf16_spacing_at_1000, spacing, rel_tol=1e-9),
-            "bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 apart; which power "
-            "of two is just below 1000?")
+    spacing_right = math.isclose(bf16_spacing_at_1000, spacing, rel_tol=1e-9)
     zeros = {g for g in FP16_GRADIENTS if torch.tensor(g, dtype=torch.float32).half().item() == 0.0}
     given = number_list(name, flushed_in_fp16, "the flushed gradients", single=True)  # list, set, array, tensor
     # each given number as the FP16_GRADIENTS entry it stands for: the same number read back from a float32
@@ -85,9 +83,13 @@ def check_low_precision(bf16_spacing_at_1000, flushed_in_fp16) -> bool:
     answer = {next((g for g in FP16_GRADIENTS if math.isclose(value, g, rel_tol=1e-6)), value) for value in given}
     require(name, answer <= set(FP16_GRADIENTS),
             f"list only numbers taken from FP16_GRADIENTS = {FP16_GRADIENTS}")
-    passed(name, answer == zeros,
-           "fp16's subnormals reach down to 2^-24 (torch.finfo(torch.float16).tiny is the smallest *normal* "
-           "number); round-to-nearest sends a number to 0 only when it is closer to 0 than to 2^-24")
+    # One hint for both parts: a spacing is a power of two and the flushed set one of 32 subsets, so telling which
+    # part is wrong would let each be found by trying a few values.
+    passed(name, spacing_right and answer == zeros,
+           "not both right. (i) bf16 keeps 7 fraction bits: between 2^e and 2^(e+1) its numbers are 2^e x 2^-7 "
+           "apart; which power of two is just below 1000? (ii) fp16's subnormals reach down to 2^-24 "
+           "(torch.finfo(torch.float16).tiny is the smallest *normal* number); round-to-nearest sends a number to 0 "
+           "only when it is closer to 0 than to 2^-24.")
     return True
 
 
@@ -113,16 +115,16 @@ def check_global_batch(examples_per_step, batch_size, grad_accum_steps, processe
         return False
     seen = sum(per_process_batch for _process in range(processes) for _micro in range(accumulation))
     examples_per_step = whole_answer(name, examples_per_step, "the examples per step")
-    require(name, examples_per_step == seen,
-            "every process contributes its own micro-batches, and every micro-batch before the optimizer step counts")
     batch_size = whole_answer(name, batch_size, "batch_size")
     grad_accum_steps = whole_answer(name, grad_accum_steps, "grad_accum_steps")
-    per_rank = _per_rank_examples(batch_size, processes) if batch_size > 0 else -1
-    require(name, per_rank == per_process_batch,
-            "in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each rank takes batch_size / (number "
-            "of processes) of it; choose it so that each rank holds the same micro-batch as in the DDP script")
-    passed(name, batch_size * grad_accum_steps == seen,
-           "with the per-rank micro-batch right, the accumulation count must give the same examples per step")
+    per_rank = _per_rank_examples(batch_size, processes) if 0 < batch_size <= 1_000_000 else -1
+    right = examples_per_step == seen and per_rank == per_process_batch and batch_size * grad_accum_steps == seen
+    # One hint for the three numbers: each is small, so telling which one is wrong would let it be found by trying.
+    passed(name, right,
+           "not all three right. (i) every process contributes its own micro-batches, and every micro-batch before "
+           "the optimizer step counts; (ii) in lowrank_lab, TrainConfig.batch_size is the global micro-batch: each "
+           "rank takes batch_size / (number of processes) of it, so choose it so that each rank holds the same "
+           "micro-batch as in the DDP script; (iii) the accumulation count must then give the same examples per step.")
     return True
 
 

@@ -7,7 +7,11 @@ library gradients, the definitions re-evaluated on the student's own matrices) a
 wrong answer raises :class:`Hint`, an :class:`~lowrank_lab.exercises.ExerciseError` that IPython shows as one line
 (no traceback); the worked solutions are in ``lessons/solutions/08_what_finetuning_forgets_solutions.ipynb``.
 Every answer is a list of real numbers, a matrix, or a pair of them, so none can be found by trying the few
-possible values one after another.
+possible values one after another. Exercises 1, 2 and 4 say "without ``forgetting``" (1, 2) or "with plain tensor
+operations" (4): their checks also take the answer as a function (``intruders(W0, W) -> (max_cos, count)``,
+``update_ranks(delta) -> (effective_rank, rank_90)``, ``leaks(A, B, G, basis, s) -> (lora, lora_pro)``), which they
+run with ``lowrank_lab.forgetting`` (and the lesson's own helpers, and LoRA-Pro's library functions) made to raise,
+on the exercise's matrices and on others the student has not seen.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from lowrank_lab import forgetting
 
-from . import ExerciseError, not_attempted
+from . import ExerciseError, call_answer, function_not_attempted, not_attempted
 
 K = forgetting.DEFAULT_K            # top-k singular vectors of W examined (PEFT's top_k)
 EPSILON = forgetting.HEADLINE_EPSILON  # the intruder threshold (PEFT's threshold_epsilon)
@@ -45,6 +49,30 @@ def _require(name: str, condition: bool, hint: str) -> None:
 def _passed(name: str) -> bool:
     print(f"✓ {name}")
     return True
+
+
+def _function_answer(name: str, function, *args, functions: dict | None = None, names: dict | None = None,
+                     rule: str = ""):
+    """:func:`~lowrank_lab.exercises.call_answer` with its hint raised as a :class:`Hint` (one line, ✗)."""
+    try:
+        return call_answer(name, function, *args, functions=functions, names=names, rule=rule)
+    except Hint:
+        raise
+    except ExerciseError as error:
+        raise Hint(str(error)) from None
+
+
+def _forgetting_functions() -> dict:
+    """Every public function of ``lowrank_lab.forgetting``: exercises 1 and 2 are to be done without them."""
+    import inspect
+
+    return {f"forgetting.{key}": value for key, value in vars(forgetting).items()
+            if inspect.isfunction(value) and not key.startswith("_") and value.__module__ == forgetting.__name__}
+
+
+def _pair(name: str, result, what: str):
+    _require(name, isinstance(result, (tuple, list)) and len(result) == 2, f"your function must return two things: {what}")
+    return result
 
 
 def _numbers(answer) -> np.ndarray | None:
@@ -98,25 +126,19 @@ def intruder_exercise(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return W0, W
 
 
-def check_intruders(W0, W, max_cos, n_intruders) -> bool:
-    """Exercise 1: ``max_cos`` = for each of W's top-k left singular vectors (largest singular value first), its
-    largest |cosine| with all of W0's left singular vectors; ``n_intruders`` = how many are below epsilon = 0.5.
-
-    Reference: :func:`lowrank_lab.forgetting.intruder_dimensions` (eigenvectors of the Gram matrices, not an SVD)."""
-    name = "Exercise 1 (intruder dimensions by hand)"
-    if not_attempted(name, max_cos, n_intruders):
-        return False
-    W0, W = (torch.as_tensor(x, dtype=torch.float64) for x in (W0, W))
+def _judge_intruders(name: str, W0: torch.Tensor, W: torch.Tensor, max_cos, n_intruders, where: str = "") -> None:
+    """Raise the hint (naming the common mistake when it is one) unless the answer is right; silent when it is."""
     reference = forgetting.intruder_dimensions(W0, W, k=K, epsilons=(EPSILON,))
     want = np.asarray(reference["max_cos"])
     value = _numbers(max_cos)
     _require(name, value is not None and value.shape == want.shape,
-             f"max_cos must be {len(want)} numbers: one per top-{K} left singular vector of W")
+             f"{where}max_cos must be {len(want)} numbers: one per top-{K} left singular vector of W")
     if np.allclose(value, want, atol=1e-4):
         count = _numbers(n_intruders)
         _require(name, count is not None and count.shape == () and float(count) == int(reference["count"]),
-                 f"your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: count them")
-        return _passed(name)
+                 f"{where}your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: "
+                 "count them")
+        return
     U0 = torch.linalg.svd(W0, full_matrices=False)[0]
     U, _, Vh = torch.linalg.svd(W, full_matrices=False)
     V0h = torch.linalg.svd(W0, full_matrices=False)[2]
@@ -128,32 +150,54 @@ def check_intruders(W0, W, max_cos, n_intruders) -> bool:
     ]
     for variant, hint in mistakes:
         if np.allclose(value, variant, atol=1e-4):
-            _fail(name, hint)
-    _fail(name, "for each of W's top-k left singular vectors u_j, max over i of |u_j . u_0,i| with ALL of W0's left "
-                "singular vectors (unit columns of U from the reduced SVD)")
+            _fail(name, where + hint)
+    _fail(name, f"{where}for each of W's top-k left singular vectors u_j, max over i of |u_j . u_0,i| with ALL of W0's "
+                "left singular vectors (unit columns of U from the reduced SVD)")
+
+
+def check_intruders(W0, W, max_cos, n_intruders=None) -> bool:
+    """Exercise 1: ``max_cos`` = for each of W's top-k left singular vectors (largest singular value first), its
+    largest |cosine| with all of W0's left singular vectors; ``n_intruders`` = how many are below epsilon = 0.5.
+
+    Reference: :func:`lowrank_lab.forgetting.intruder_dimensions` (eigenvectors of the Gram matrices, not an SVD).
+    ``max_cos`` may be a function ``intruders(W0, W) -> (max_cos, count)`` (``n_intruders`` left out), run with
+    ``forgetting`` and the lesson's ``intruders_teaching`` made to raise, on (W0, W) and on another pair."""
+    name = "Exercise 1 (intruder dimensions by hand)"
+    W0, W = (torch.as_tensor(x, dtype=torch.float64) for x in (W0, W))
+    if callable(max_cos):
+        for index, (A0, A) in enumerate(((W0, W), intruder_exercise(seed=17))):
+            result = _function_answer(name, max_cos, A0.clone(), A.clone(), functions=_forgetting_functions(),
+                                      names={"intruders_teaching": "the lesson's intruders_teaching"},
+                                      rule="use torch.linalg.svd")
+            if index == 0 and function_not_attempted(name, result):
+                return False
+            got = _pair(name, result, "(max_cos, count)")
+            where = "" if index == 0 else "right on the exercise's pair, but not on another one: use only the arguments; "
+            _judge_intruders(name, A0, A, got[0], got[1], where)
+        return _passed(name)
+    if not_attempted(name, max_cos, n_intruders):
+        return False
+    _judge_intruders(name, W0, W, max_cos, n_intruders)
+    return _passed(name)
 
 
 # ================================================================================================ exercise 2
-def update_exercise(seed: int = 0) -> torch.Tensor:
+UPDATE_VALUES = (5.0, 3.0, 2.0, 1.0, 0.5, 0.25)
+
+
+def update_exercise(seed: int = 0, values=UPDATE_VALUES, shape: tuple = (30, 20)) -> torch.Tensor:
     """Exercise 2's update dW (30 x 20, float64): rank 6, singular values 5, 3, 2, 1, 0.5, 0.25 in random bases."""
     gen = torch.Generator().manual_seed(2000 + seed)
-    values = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64)
-    return _orthonormal(30, 6, gen) @ torch.diag(values) @ _orthonormal(20, 6, gen).T
+    values = torch.tensor(values, dtype=torch.float64)
+    k = len(values)
+    return _orthonormal(shape[0], k, gen) @ torch.diag(values) @ _orthonormal(shape[1], k, gen).T
 
 
-def check_update_ranks(delta, effective_rank, energy_rank_90) -> bool:
-    """Exercise 2: Roy & Vetterli's effective rank of ``delta`` (exp of the entropy of its singular values
-    normalised to sum 1) and the fewest singular values whose squares hold 90% of ||delta||_F^2.
-
-    Reference: :func:`lowrank_lab.forgetting.spectrum_ranks` on the eigenvalues of the Gram matrix."""
-    name = "Exercise 2 (the shape of an update)"
-    if not_attempted(name, effective_rank, energy_rank_90):
-        return False
-    delta = torch.as_tensor(delta, dtype=torch.float64)
+def _judge_update_ranks(name: str, delta: torch.Tensor, effective_rank, energy_rank_90, where: str = "") -> None:
     sigma = forgetting.singular_values(delta)
     reference = forgetting.spectrum_ranks(sigma)
     value = _numbers(effective_rank)
-    _require(name, value is not None and value.shape == (), "effective_rank must be one number")
+    _require(name, value is not None and value.shape == (), f"{where}effective_rank must be one number")
     value = float(value)
     s = sigma[sigma > 1e-9 * sigma.max()].numpy()
     p, q = s / s.sum(), s ** 2 / (s ** 2).sum()
@@ -162,12 +206,42 @@ def check_update_ranks(delta, effective_rank, energy_rank_90) -> bool:
                               (-(p * np.log(p)).sum(), "that is the entropy: the effective rank is its exponential"),
                               (2 ** (-(p * np.log(p)).sum()), "exp undoes the natural logarithm (2** undoes log2)")):
             if math.isclose(value, variant, rel_tol=1e-5):
-                _fail(name, hint)
-        _fail(name, "p_i = sigma_i / sum(sigma), then exp(-sum p_i log p_i) over the non-zero singular values")
+                _fail(name, where + hint)
+        _fail(name, f"{where}p_i = sigma_i / sum(sigma), then exp(-sum p_i log p_i) over the non-zero singular values")
     energy = _numbers(energy_rank_90)
     _require(name, energy is not None and energy.shape == () and float(energy) == int(reference["energy_rank_90"]),
-             "your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
+             f"{where}your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
              "accumulate, and find the fewest whose sum reaches 90% of ||dW||_F^2")
+
+
+# An update of another spectrum and shape on which a function answer must be right too (not shown in the lesson).
+_HIDDEN_UPDATE = dict(seed=23, values=(4.0, 3.5, 1.0, 0.3), shape=(25, 18))
+
+
+def check_update_ranks(delta, effective_rank, energy_rank_90=None) -> bool:
+    """Exercise 2: Roy & Vetterli's effective rank of ``delta`` (exp of the entropy of its singular values
+    normalised to sum 1) and the fewest singular values whose squares hold 90% of ||delta||_F^2.
+
+    Reference: :func:`lowrank_lab.forgetting.spectrum_ranks` on the eigenvalues of the Gram matrix.
+    ``effective_rank`` may be a function ``ranks(delta) -> (effective_rank, rank_90)`` (``energy_rank_90`` left
+    out), run with ``forgetting`` and the lesson's ``update_ranks`` made to raise, on ``delta`` and on another update."""
+    name = "Exercise 2 (the shape of an update)"
+    delta = torch.as_tensor(delta, dtype=torch.float64)
+    if callable(effective_rank):
+        for index, matrix in enumerate((delta, update_exercise(**_HIDDEN_UPDATE))):
+            result = _function_answer(name, effective_rank, matrix.clone(), functions=_forgetting_functions(),
+                                      names={"update_ranks": "the lesson's update_ranks"},
+                                      rule="use torch.linalg.svdvals and the definitions")
+            if index == 0 and function_not_attempted(name, result):
+                return False
+            got = _pair(name, result, "(effective_rank, rank_90)")
+            where = ("" if index == 0 else "right on the exercise's update, but not on another one (25 x 18, rank 4): "
+                                           "use only the argument; ")
+            _judge_update_ranks(name, matrix, got[0], got[1], where)
+        return _passed(name)
+    if not_attempted(name, effective_rank, energy_rank_90):
+        return False
+    _judge_update_ranks(name, delta, effective_rank, energy_rank_90)
     return _passed(name)
 
 
@@ -236,14 +310,7 @@ def _off_fraction(step: torch.Tensor, basis: torch.Tensor) -> float:
     return float((step - (step @ basis) @ basis.T).norm() / step.norm())
 
 
-def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction) -> bool:
-    """Exercise 4: ||G~ (I - P_S)||_F / ||G~||_F for plain LoRA's equivalent gradient s^2 (B B^T G + G A^T A) and for
-    LoRA-Pro's P_B G + (I - P_B) G P_A.
-
-    Reference: the library's ``equivalent_gradient`` of LoRA's own factor gradients and of ``adjusted_gradients``."""
-    name = "Exercise 4 (where a LoRA step and a LoRA-Pro step leave the task's subspace)"
-    if not_attempted(name, lora_fraction, lora_pro_fraction):
-        return False
+def _judge_off_subspace(name: str, matrices: dict, lora_fraction, lora_pro_fraction, where: str = "") -> None:
     from lowrank_lab.methods.lora_pro import adjusted_gradients, equivalent_gradient
 
     A, B, G, basis, s = (matrices[key] for key in ("A", "B", "G", "basis", "s"))
@@ -252,7 +319,8 @@ def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction) -> bool
     pro = equivalent_gradient(A, B, *adjusted_gradients(A, B, G_A, G_B, s), s)
     want = (_off_fraction(lora, basis), _off_fraction(pro, basis))
     values = [_numbers(lora_fraction), _numbers(lora_pro_fraction)]
-    _require(name, all(v is not None and v.shape == () for v in values), "give two numbers, one per equivalent gradient")
+    _require(name, all(v is not None and v.shape == () for v in values),
+             f"{where}give two numbers, one per equivalent gradient")
     values = [float(v) for v in values]
     squared = [w * w for w in want]
     inside = [math.sqrt(max(0.0, 1 - w * w)) for w in want]
@@ -260,10 +328,38 @@ def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction) -> bool
         if math.isclose(got, ref, rel_tol=1e-4, abs_tol=1e-9):
             continue
         if math.isclose(got, sq, rel_tol=1e-4, abs_tol=1e-9):
-            _fail(name, f"{which} fraction: a ratio of Frobenius norms, not of squared norms")
+            _fail(name, f"{where}{which} fraction: a ratio of Frobenius norms, not of squared norms")
         if math.isclose(got, ins, rel_tol=1e-4, abs_tol=1e-9):
-            _fail(name, f"{which} fraction: that is the part inside S; multiply by (I - P_S) on the right, "
+            _fail(name, f"{where}{which} fraction: that is the part inside S; multiply by (I - P_S) on the right, "
                         "P_S = basis basis^T")
-        _fail(name, f"{which} fraction is off. Form the m x n equivalent gradient first (P_B = B (B^T B)^-1 B^T, "
+        _fail(name, f"{where}{which} fraction is off. Form the m x n equivalent gradient first (P_B = B (B^T B)^-1 B^T, "
                     "P_A = A^T (A A^T)^-1 A), then ||G~ (I - P_S)||_F / ||G~||_F")
+
+
+def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction=None) -> bool:
+    """Exercise 4: ||G~ (I - P_S)||_F / ||G~||_F for plain LoRA's equivalent gradient s^2 (B B^T G + G A^T A) and for
+    LoRA-Pro's P_B G + (I - P_B) G P_A.
+
+    Reference: the library's ``equivalent_gradient`` of LoRA's own factor gradients and of ``adjusted_gradients``.
+    ``lora_fraction`` may be a function ``leaks(A, B, G, basis, s) -> (lora, lora_pro)`` (``lora_pro_fraction`` left
+    out), run with the library's LoRA-Pro functions made to raise, on these matrices and on another set."""
+    name = "Exercise 4 (where a LoRA step and a LoRA-Pro step leave the task's subspace)"
+    if callable(lora_fraction):
+        from lowrank_lab.methods import lora_pro
+
+        functions = {f"lrl.{f.__name__}": f for f in (lora_pro.equivalent_gradient, lora_pro.adjusted_gradients,
+                                                       lora_pro.solve_sylvester)}
+        for index, mats in enumerate((matrices, projection_exercise(seed=29))):
+            args = tuple(mats[key].clone() for key in ("A", "B", "G", "basis")) + (mats["s"],)
+            result = _function_answer(name, lora_fraction, *args, functions=functions,
+                                      rule="form both equivalent gradients with tensor operations")
+            if index == 0 and function_not_attempted(name, result):
+                return False
+            got = _pair(name, result, "(lora, lora_pro)")
+            where = "" if index == 0 else "right on the exercise's matrices, but not on another set: use only the arguments; "
+            _judge_off_subspace(name, mats, got[0], got[1], where)
+        return _passed(name)
+    if not_attempted(name, lora_fraction, lora_pro_fraction):
+        return False
+    _judge_off_subspace(name, matrices, lora_fraction, lora_pro_fraction)
     return _passed(name)
