@@ -759,7 +759,7 @@ def claim_main(args):
     from lowrank_lab import files, presets, seed_everything
     from lowrank_lab.assets import TASK_NAMES, load_model, load_task, load_tokenizer
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = shlex.join(["python", *sys.argv])  # not sys.executable: a machine path means nothing elsewhere
     load_start = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     claim = CLAIMS[args.claim]

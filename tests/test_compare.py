@@ -1,5 +1,6 @@
 """`python -m lowrank_lab compare`: matched budgets, resumable runs, every artifact, errors before any run."""
 
+import re
 import json
 
 import pytest
@@ -296,6 +297,9 @@ def test_readme_tables_are_rendered_from_the_committed_studies():
         shown = files.section(text, *compare_module.readme_markers(folder))
         assert shown == compare_module.readme_section(folder), \
             f"README's tables of {folder} are stale: run python -m lowrank_lab report {folder} --readme"
+        # and they read the same on every machine: no absolute path of the machine that rendered them
+        leaked = re.findall(r"(?<![\w.])/(?:home|tmp|work|root|check|Users|usr)/\S+", shown)
+        assert not leaked, f"README's tables of {folder} show machine paths: {leaked[:3]}"
 
 
 def test_report_readme_rewrites_only_between_its_markers(tmp_path, monkeypatch):

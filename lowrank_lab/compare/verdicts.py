@@ -27,6 +27,8 @@ from the training runs' own s/step, which ran two at a time on shared cores.
 
 from __future__ import annotations
 
+import re
+
 import math
 import statistics
 from pathlib import Path
@@ -86,6 +88,12 @@ def learned(results: dict, method: str) -> tuple[bool | None, str]:
     return True, ""
 
 
+def _portable_command(command) -> str:
+    """A recorded command as a reader types it: ``python ...``, never the recording machine's interpreter path."""
+    first, _, rest = str(command or "").partition(" ")
+    return f"python {rest}" if re.fullmatch(r".*/python[0-9.]*", first) else str(command or "")
+
+
 # ------------------------------------------------------------------------------------- per-example evidence
 def _predictions(folder: Path, run: dict) -> dict:
     return files.read_json(Path(folder) / "runs" / run["folder"] / "predictions.json")
@@ -137,7 +145,11 @@ def arm_evidence(folder: Path | None, results: dict, method: str, kind: str):
                 if folder is None:
                     raise FileNotFoundError("no study folder to read predictions from")
                 scores[run["seed"]], weights = _example_scores(folder, run, kind)
-        except (KeyError, FileNotFoundError, ValueError, TypeError) as err:
+        except FileNotFoundError:
+            # named relative to the study folder: a verdict row reads the same on every machine
+            return {}, None, notes, (f"{method} seed {run['seed']}: per-example evidence missing "
+                                     f"(no runs/{run['folder']}/predictions.json)")
+        except (KeyError, ValueError, TypeError) as err:
             return {}, None, notes, f"{method} seed {run['seed']}: per-example evidence missing ({err})"
     if diverged:
         if kind in ("more_intruders",) or weights is not None or not scores:
@@ -176,7 +188,7 @@ def speed_evidence(results: dict, claim: dict) -> dict | None:
                 f"[{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}], 90% CI [{ratio['ci90'][0]:.3f}, "
                 f"{ratio['ci90'][1]:.3f}] over {found['rounds']} alternating rounds "
                 f"({(bench.get('machine') or {}).get('cpu_capability', '?')} CPU); equivalent within "
-                f"+-{100 * found['equivalence']['margin']:g}%; `{bench.get('command')}`")
+                f"+-{100 * found['equivalence']['margin']:g}%; `{_portable_command(bench.get('command'))}`")
     return {"verdict": found["verdict"], "ci95": ratio["ci95"], "ci90": ratio["ci90"], "mean": ratio["estimate"],
             "rounds": found["rounds"], "measured": measured, "valid": bench.get("valid", False),
             "invalid_reason": "; ".join(bench.get("invalid_reasons") or []),
