@@ -7,7 +7,8 @@ Three scales select how much work a run does:
 * ``full``  - a GPU, the paper-like preset.
 
 Precedence: an explicit value (a notebook's ``SCALE`` parameter, the CLI ``--scale``) beats the
-``LOWRANK_LAB_SCALE`` environment variable, which beats auto-detection (CUDA -> ``full``, else ``cpu``).
+``LOWRANK_LAB_SCALE`` environment variable, which beats auto-detection (CUDA -> ``full``, else ``cpu``; on Google
+Colab always ``cpu``: a free Colab GPU session is too short for the ``full`` preset, so it runs only when asked for).
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ CACHE_ENV = "LOWRANK_LAB_CACHE"
 RUNS_ENV = "LOWRANK_LAB_RUNS"
 
 
+def in_colab() -> bool:
+    """Whether this runs in a Google Colab kernel."""
+    return "google.colab" in sys.modules
+
+
 def get_scale(override: str | None = None) -> str:
-    """Return the active scale: ``override`` > ``$LOWRANK_LAB_SCALE`` > ``full`` with CUDA else ``cpu``."""
-    scale = override or os.environ.get(SCALE_ENV) or ("full" if torch.cuda.is_available() else "cpu")
+    """Return the active scale: ``override`` > ``$LOWRANK_LAB_SCALE`` > ``full`` with CUDA (not on Colab) else ``cpu``."""
+    scale = override or os.environ.get(SCALE_ENV) or ("full" if torch.cuda.is_available() and not in_colab() else "cpu")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES} (argument or ${SCALE_ENV}), got {scale!r}")
     return scale
@@ -114,11 +120,28 @@ def environment_report(scale: str | None = None) -> dict:
     return report
 
 
+def full_scale_note(scale: str | None = None) -> str:
+    """On Colab with a GPU at a smaller scale: one line on what asking for ``full`` runs instead (read from the
+    presets, so it cannot drift from them); empty elsewhere."""
+    if not (in_colab() and torch.cuda.is_available()) or get_scale(scale) == "full":
+        return ""
+    from lowrank_lab import presets  # presets imports runtime: a late import keeps the import graph acyclic
+
+    preset = presets.TRAIN_PRESETS["full"]["classification"]
+    cpu = presets.TRAIN_PRESETS["cpu"]["classification"]
+    return (f"Colab GPU found; this lesson stays at scale {get_scale(scale)!r}. SCALE = 'full' in the parameters cell "
+            f"runs the GPU preset: {preset['epochs']} epochs over all the training data (cpu: {cpu['max_steps']} "
+            f"steps), batch {preset['batch_size']}, length {preset['max_length']}: many times the cpu scale's work")
+
+
 def print_env(scale: str | None = None) -> dict:
     report = environment_report(scale)
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
+    note = full_scale_note(scale)
+    if note:
+        print(note)
     return report
 
 

@@ -14,8 +14,8 @@ Pages (each at the path of what it shows, so the repository's relative links kee
 - ``lessons/NN_name``: one page per lesson, from its executed copy (from the lesson itself, without outputs,
   while it has no executed copy);
 - ``lessons/solutions/NN_name_solutions``: the worked solutions;
-- every other ``lessons/*.md`` (the notation page ``NOTATION.md``, an appendix, ...) and ``results/*.md`` (the
-  preregistration of the studies).
+- every other ``lessons/*.md`` (the notation page ``NOTATION.md`` and the math appendix ``APPENDIX.md`` first, then
+  any other) and ``results/*.md`` (the preregistration of the studies).
 
 Links between these files are rewritten to the pages that show them; a linked image (the studies' figures under
 ``results/``) is copied next to the page; a link to any other file of the repository (source code, a folder)
@@ -52,6 +52,7 @@ WIDGET_NOTE = ("*Interactive explorer (ipywidgets): it runs in a live Jupyter ke
                "JupyterLab to move its controls; the figure above shows its default view.*")
 REQUIRED_MODULES = ("sphinx", "myst_nb", "sphinx_book_theme")
 LESSON_RE = re.compile(r"^(\d\d)_.+\.ipynb$")
+REFERENCE_FIRST = ("NOTATION.md", "APPENDIX.md")  # the reference pages listed first, in this order
 
 
 class SiteError(Exception):
@@ -130,9 +131,11 @@ def plan_site(root: Path = ROOT, lessons: list[str] | None = None) -> Plan:
             rel = _rel(path, root)
             pages.append(Page(rel, rel, "solutions"))
             routes[rel] = rel
-    # The notation page, an appendix, any other page of the course (markdown or notebook beside the lessons),
-    # and the studies' own documents (the preregistration).
-    extras = [p for p in sorted(lessons_dir.glob("*.md")) if p.name != "README.md"]
+    # The notation page, then the math appendix, then any other page of the course (markdown or notebook beside
+    # the lessons), and the studies' own documents (the preregistration).
+    extras = sorted((p for p in lessons_dir.glob("*.md") if p.name != "README.md"),
+                    key=lambda p: (REFERENCE_FIRST.index(p.name) if p.name in REFERENCE_FIRST else len(REFERENCE_FIRST),
+                                   p.name))
     extras += [p for p in sorted(lessons_dir.glob("*.ipynb")) if not lesson_number(p.name)]
     extras += sorted((root / "results").glob("*.md"))
     for path in extras:

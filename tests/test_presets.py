@@ -49,3 +49,25 @@ def test_the_tuned_rates_entry_is_printed_from_a_study_not_typed():
     assert entry["results"] == "results/study-trec-minilm-cpu/results.json" and entry["command"] == results["command"]
     with pytest.raises(ValueError, match="not a cpu-scale --tune-lr study"):
         presets.tuned_rates_entry({**results, "protocol": "preset"}, "x.json")
+
+
+def test_colab_stays_at_cpu_scale_with_a_gpu_unless_full_is_asked_for(monkeypatch):
+    # a free Colab GPU session is too short for the full preset: auto-detection keeps cpu there and says what full
+    # would run; outside Colab a GPU still means full, and an explicit scale always wins
+    import sys
+    import types
+
+    import torch
+
+    from lowrank_lab import runtime
+
+    monkeypatch.delenv(runtime.SCALE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.get_scale() == "full" and runtime.full_scale_note() == ""
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert runtime.get_scale() == "cpu"
+    note = runtime.full_scale_note()
+    assert "SCALE = 'full'" in note and str(presets.TRAIN_PRESETS["full"]["classification"]["epochs"]) in note
+    assert runtime.get_scale("full") == "full" and runtime.full_scale_note("full") == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.get_scale() == "cpu" and runtime.full_scale_note() == ""

@@ -99,14 +99,15 @@ def test_plan_has_every_lesson_once_with_its_executed_copy():
     assert plan.pages[0].dest == "index.md"
     assert {p.source for p in plan.pages if p.section == "solutions"} == \
         {f"lessons/solutions/{p.name}" for p in (ROOT / "lessons" / "solutions").glob("*.ipynb")}
-    for notation in ("lessons/NOTATION.md", "results/PREREGISTRATION.md"):
+    for notation in ("lessons/NOTATION.md", "lessons/APPENDIX.md", "results/PREREGISTRATION.md"):
         assert ((ROOT / notation).exists()) == any(p.source == notation for p in plan.pages)
     with pytest.raises(site.SiteError, match="no lesson numbered 42"):
         site.plan_site(ROOT, ["42"])
 
 
 def test_notation_appendix_and_unexecuted_lessons_are_pages(tmp_path):
-    for path in ("README.md", "lessons/README.md", "lessons/NOTATION.md", "lessons/01_a.ipynb", "lessons/02_b.ipynb",
+    for path in ("README.md", "lessons/README.md", "lessons/NOTATION.md", "lessons/APPENDIX.md", "lessons/ABOUT.md",
+                 "lessons/01_a.ipynb", "lessons/02_b.ipynb",
                  "lessons/executed/01_a.ipynb", "lessons/appendix.ipynb", "lessons/executed/appendix.ipynb",
                  "lessons/solutions/01_a_solutions.ipynb", "results/PREREGISTRATION.md"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,9 @@ def test_notation_appendix_and_unexecuted_lessons_are_pages(tmp_path):
     unexecuted = pages["lessons/02_b.ipynb"]
     assert unexecuted.source == "lessons/02_b.ipynb" and "no executed copy" in unexecuted.note
     assert pages["lessons/NOTATION.md"].section == "reference"
+    assert pages["lessons/APPENDIX.md"].section == "reference"
+    reference = [p.dest for p in plan.pages if p.section == "reference" and p.dest.endswith(".md")]
+    assert reference[:3] == ["lessons/NOTATION.md", "lessons/APPENDIX.md", "lessons/ABOUT.md"]  # notation, appendix first
     assert pages["lessons/appendix.ipynb"].source == "lessons/executed/appendix.ipynb"
     assert plan.routes["lessons/executed/appendix.ipynb"] == "lessons/appendix.ipynb"
     assert pages["results/PREREGISTRATION.md"].section == "reference"
