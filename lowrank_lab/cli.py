@@ -483,17 +483,23 @@ def run_report(args) -> int:
 
 def add_lessons_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "lessons", help="executed copies of the lessons, their drift check and the runtime table",
+        "lessons", help="executed copies of the lessons and their solutions, their drift check and the runtime table",
         description="--execute runs lessons (numbers such as 01 03, default all) in a fresh kernel at --scale and "
                     "writes lessons/executed/<lesson>.ipynb with the commit and scale named, and their wall times "
-                    "to lessons/executed/timings.json; --table rewrites the runtime table of lessons/README.md "
-                    "from those timings; --check lists executed copies that no longer match their lesson.")
+                    "to lessons/executed/timings.json; with --solutions it runs those lessons' worked solutions "
+                    "(lessons/solutions/<lesson>_solutions.ipynb) instead, into lessons/executed/solutions/; "
+                    "--table rewrites the runtime table of lessons/README.md from those timings (lessons, then "
+                    "solutions); --check lists executed copies, of lessons and of solutions, that are missing or no "
+                    "longer match their source.")
     p.add_argument("--execute", nargs="*", metavar="LESSON", default=None, help="lessons to execute (none: all)")
+    p.add_argument("--solutions", action="store_true",
+                   help="with --execute: execute the named lessons' worked solutions instead of the lessons")
     p.add_argument("--scale", choices=("smoke", "cpu", "full"), default="cpu", help="scale to execute at (cpu)")
     p.add_argument("--timeout", type=_int_at_least(1, "a positive int", 86400), default=3600,
                    help="seconds a cell may run (default 3600)")
     p.add_argument("--table", action="store_true", help="rewrite the runtime table in lessons/README.md")
-    p.add_argument("--check", action="store_true", help="check every executed copy against its lesson")
+    p.add_argument("--check", action="store_true",
+                   help="check every executed copy (lessons and solutions) against its source")
     p.set_defaults(func=run_lessons)
     return p
 
@@ -501,27 +507,29 @@ def add_lessons_parser(subparsers) -> argparse.ArgumentParser:
 def run_lessons(args) -> int:
     from lowrank_lab import notebooks
 
+    if args.solutions and args.execute is None:
+        raise UsageError("--solutions chooses what --execute runs: --execute [LESSON ...] --solutions "
+                         "(--check and --table always cover the solutions)")
     if args.execute is None and not args.table and not args.check:
-        raise UsageError("say what to do: --execute [LESSON ...], --table and/or --check")
+        raise UsageError("say what to do: --execute [LESSON ...] [--solutions], --table and/or --check")
     if args.execute is not None:
         try:
-            chosen = notebooks.select(args.execute)
+            chosen = notebooks.select(args.execute, solutions=args.solutions)
             for source in chosen:
-                notebooks.commit_of(source)  # every lesson checked before the first one runs
+                notebooks.commit_of(source)  # every notebook checked before the first one runs
         except ValueError as err:
             raise UsageError(str(err)) from None
         for source in chosen:
             print(f"executing {source.name} at scale {args.scale} ...", flush=True)
             record = notebooks.execute(source, args.scale, args.timeout)
-            print(f"  {record['wall_time_s'] / 60:.1f} min -> lessons/executed/{source.name}", flush=True)
+            copy = notebooks.executed_copy(source).relative_to(notebooks.ROOT).as_posix()
+            print(f"  {record['wall_time_s'] / 60:.1f} min -> {copy}", flush=True)
     if args.table:
         notebooks.write_runtime_table()
         print("rewrote the runtime table in lessons/README.md")
     if args.check:
-        problems = [p for source in notebooks.lesson_sources()
-                    for p in (notebooks.check_copy(source, notebooks.EXECUTED / source.name)
-                              if (notebooks.EXECUTED / source.name).exists() else [f"{source.name}: no executed copy"])]
-        print("\n".join(problems) if problems else "every executed copy matches its lesson")
+        problems = notebooks.check_all()
+        print("\n".join(problems) if problems else "every executed copy matches its lesson or solutions notebook")
         return 1 if problems else 0
     return 0
 

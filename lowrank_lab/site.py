@@ -5,7 +5,8 @@ sphinx-book-theme, with a ``conf.py`` this module writes, so that every setting 
 pinned here: MathJax is served from the site itself (the ``sphinx-mathjax-offline`` package vendors MathJax 3),
 myst-nb's ipywidgets loader (require.js and the widget manager from public CDNs) is switched off, no launch, Thebe
 or comment buttons, no web fonts. Nothing is executed: the lesson pages are the executed copies
-(``lessons/executed/*.ipynb``) with their saved outputs; the worked solutions are shown as committed.
+(``lessons/executed/*.ipynb``) with their saved outputs; so are the worked solutions, from their executed copies
+(``lessons/executed/solutions/*.ipynb``) where one matches its solutions notebook, as committed otherwise.
 
 Pages (each at the path of what it shows, so the repository's relative links keep working):
 
@@ -13,7 +14,9 @@ Pages (each at the path of what it shows, so the repository's relative links kee
 - ``lessons/README``: the course overview (lessons table, prerequisites, notation, glossary);
 - ``lessons/NN_name``: one page per lesson, from its executed copy (from the lesson itself, without outputs,
   while it has no executed copy);
-- ``lessons/solutions/NN_name_solutions``: the worked solutions;
+- ``lessons/solutions/NN_name_solutions``: the worked solutions, from the executed copy when there is one that holds
+  exactly the solutions notebook's cells (``notebooks.check_copy``; a stale copy is not shown), else from the
+  solutions notebook as committed;
 - every other ``lessons/*.md`` (the notation page ``NOTATION.md`` and the math appendix ``APPENDIX.md`` first, then
   any other) and ``results/*.md`` (the preregistration of the studies).
 
@@ -129,8 +132,11 @@ def plan_site(root: Path = ROOT, lessons: list[str] | None = None) -> Plan:
     for path in sorted((lessons_dir / "solutions").glob("*.ipynb")):
         if lesson_number(path.name) in chosen or (lessons is None and not lesson_number(path.name)):
             rel = _rel(path, root)
-            pages.append(Page(rel, rel, "solutions"))
+            copy = lessons_dir / "executed" / "solutions" / path.name
+            shown = copy if copy.is_file() and _copy_matches(path, copy) else path
+            pages.append(Page(_rel(shown, root), rel, "solutions"))
             routes[rel] = rel
+            routes[_rel(copy, root)] = rel
     # The notation page, then the math appendix, then any other page of the course (markdown or notebook beside
     # the lessons), and the studies' own documents (the preregistration).
     extras = sorted((p for p in lessons_dir.glob("*.md") if p.name != "README.md"),
@@ -146,6 +152,16 @@ def plan_site(root: Path = ROOT, lessons: list[str] | None = None) -> Plan:
         pages.append(Page(_rel(shown if shown.is_file() else path, root), rel, "reference"))
         routes[rel] = rel
     return Plan(root, pages, routes, _repository_url(root))
+
+
+def _copy_matches(source: Path, copy: Path) -> bool:
+    """Whether ``copy`` is an executed copy of ``source`` as committed (the drift check of the executed copies)."""
+    from lowrank_lab import notebooks
+
+    try:
+        return not notebooks.check_copy(source, copy)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):  # not a notebook: show the source
+        return False
 
 
 def _repository_url(root: Path) -> str | None:

@@ -1,5 +1,5 @@
-"""Executed lesson copies: each matches its lesson's cells and names its commit and scale; the drift check and
-the runtime table work on a tiny notebook executed here."""
+"""Executed lesson copies (and executed copies of the worked solutions, where made): each matches its source's cells
+and names its commit and scale; the drift check and the runtime table work on a tiny notebook executed here."""
 
 import json
 import os
@@ -17,10 +17,12 @@ def _notebook(*sources):
             "nbformat": 4, "nbformat_minor": 5}
 
 
-@pytest.mark.parametrize("source", [s for s in notebooks.lesson_sources() if (notebooks.EXECUTED / s.name).exists()],
+# Every lesson has a committed copy; a solutions notebook is checked once its copy is committed (a missing one is
+# listed by `lessons --check`, not failed here).
+@pytest.mark.parametrize("source", [s for s in notebooks.all_sources() if notebooks.executed_copy(s).exists()],
                          ids=lambda p: p.stem)
 def test_every_committed_copy_matches_its_lesson(source):
-    assert notebooks.check_copy(source, notebooks.EXECUTED / source.name) == []
+    assert notebooks.check_copy(source, notebooks.executed_copy(source)) == []
 
 
 def test_an_executed_copy_names_its_run_and_catches_drift(tmp_path, monkeypatch):
@@ -59,18 +61,84 @@ def test_an_executed_copy_starts_from_an_empty_runs_folder(tmp_path, monkeypatch
     assert (tmp_path / "runs" / "09_tiny" / "earlier.json").exists()  # the student's own runs are untouched
 
 
+def test_a_solutions_copy_goes_beside_the_lesson_copies_and_runs_where_its_relative_runs_are_empty(tmp_path,
+                                                                                                   monkeypatch):
+    # A solutions notebook reads the long runs it only describes by relative paths (Path("runs/...")): in the
+    # executed copy they are a first run's (absent), and a path printed relative to the working directory names
+    # runs/, not the machine's temporary folder.
+    (tmp_path / "solutions" / "runs" / "left-over").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "solutions")
+    source = tmp_path / "solutions" / "09_tiny_solutions.ipynb"
+    source.write_text(json.dumps(_notebook(
+        "import os\nfrom pathlib import Path\nimport lowrank_lab as lrl\n"
+        "print(sorted(os.listdir('runs')), os.path.relpath(lrl.runs_dir('09_tiny_solutions')), "
+        "os.environ['LOWRANK_LAB_NO_PROGRESS'])")))
+    monkeypatch.setattr(notebooks, "commit_of", lambda path: "0123456789abcdef")
+    record = notebooks.execute(source, "smoke", timeout_s=120, out_dir=tmp_path / "executed")
+    copy = tmp_path / "executed" / "solutions" / source.name
+    assert copy == notebooks.executed_copy(source, tmp_path / "executed")
+    executed = json.loads(copy.read_text())
+    assert "".join(executed["cells"][1]["outputs"][0]["text"]).strip() == "[] runs/09_tiny_solutions 1"
+    header = "".join(executed["cells"][0]["source"])
+    assert "[`lessons/solutions/09_tiny_solutions.ipynb`](../../solutions/09_tiny_solutions.ipynb)" in header
+    assert "`python -m lowrank_lab lessons --execute 09 --solutions`" in header
+    timings = json.loads((tmp_path / "executed" / "timings.json").read_text())
+    assert timings["09_tiny_solutions"] == record and record["lesson"] == "09_tiny_solutions"
+    assert notebooks.check_copy(source, copy) == []
+    source.write_text(json.dumps(_notebook("2 + 2")))
+    assert "--execute 09 --solutions`" in notebooks.check_copy(source, copy)[0]
+    assert (tmp_path / "solutions" / "runs" / "left-over").is_dir() and not (tmp_path / "executed" / "runs").exists()
+
+
+def test_the_check_lists_stale_and_missing_copies_of_lessons_and_solutions(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "executed" / "solutions").mkdir(parents=True)
+    for path in ("01_a.ipynb", "02_b.ipynb", "solutions/01_a_solutions.ipynb", "solutions/02_b_solutions.ipynb"):
+        (tmp_path / path).write_text(json.dumps(_notebook("1")))
+    header = {"cell_type": "markdown", "id": "h", "metadata": {"tags": [notebooks.HEADER_TAG]}, "source": "copy"}
+    copy = _notebook("1")
+    copy["cells"].insert(0, header)
+    copy["metadata"]["lowrank_lab"] = {"scale": "cpu", "commit": "abc", "wall_time_s": 1.0}
+    (tmp_path / "executed" / "01_a.ipynb").write_text(json.dumps(copy))
+    (tmp_path / "executed" / "02_b.ipynb").write_text(json.dumps(copy))
+    (tmp_path / "executed" / "solutions" / "01_a_solutions.ipynb").write_text(json.dumps(copy))
+    assert notebooks.check_all(tmp_path, tmp_path / "executed") == \
+        ["02_b_solutions.ipynb: not executed yet (`python -m lowrank_lab lessons --execute 02 --solutions`)"]
+    (tmp_path / "solutions" / "01_a_solutions.ipynb").write_text(json.dumps(_notebook("2")))
+    problems = notebooks.check_all(tmp_path, tmp_path / "executed")
+    assert len(problems) == 2 and "01_a_solutions.ipynb: cells differ" in problems[0]
+
+
+def test_lessons_solutions_goes_with_execute():
+    from lowrank_lab import cli
+
+    assert cli.main(["lessons", "--solutions"]) == 2
+    assert cli.main(["lessons", "--solutions", "--check"]) == 2
+    assert cli.main(["lessons", "--execute", "42", "--solutions"]) == 2
+
+
 def test_the_runtime_table_comes_from_the_timings(tmp_path):
     (tmp_path / "00_a.ipynb").write_text(json.dumps(_notebook("1")))
     (tmp_path / "01_b.ipynb").write_text(json.dumps(_notebook("2")))
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "00_a_solutions.ipynb").write_text(json.dumps(_notebook("3")))
+    (tmp_path / "solutions" / "01_b_solutions.ipynb").write_text(json.dumps(_notebook("4")))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{notebooks.TABLE_START}\nold\n{notebooks.TABLE_END}\nafter\n")
     timings = tmp_path / "timings.json"
     timings.write_text(json.dumps({"00_a": {"wall_time_s": 90.0, "scale": "cpu", "cpu_count": 2,
-                                            "commit": "abcdef1234567890"}}))
+                                            "commit": "abcdef1234567890"},
+                                   "01_b_solutions": {"wall_time_s": 30.0, "scale": "cpu", "cpu_count": 2,
+                                                      "commit": "1234567890abcdef"}}))
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "x"\n')
     text = notebooks.write_runtime_table(readme, timings, pyproject)
     assert "| 00_a | 1.5 min | cpu | 2 | `abcdef123456` |" in text and "| 01_b | not measured yet |" in text
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| 0")]
+    assert rows == ["| 00_a", "| 01_b", "| 00_a_solutions", "| 01_b_solutions"]  # the lessons, then the solutions
+    assert "| 00_a_solutions | not measured yet |" in text
+    assert "| 01_b_solutions | 0.5 min | cpu | 2 | `1234567890ab` | [executed/solutions/01_b_solutions.ipynb]" \
+           "(executed/solutions/01_b_solutions.ipynb) |" in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
     assert "colab" not in text  # no repository address: no link that could not open
     pyproject.write_text('[project.urls]\nRepository = "https://github.com/someone/lowrank-lab"\n')
@@ -78,17 +146,26 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     colab = "https://colab.research.google.com/github/someone/lowrank-lab/blob/main/lessons/"
     assert f"[open in Colab]({colab}executed/00_a.ipynb)" in text  # the executed copy, outputs included
     assert f"[open in Colab]({colab}01_b.ipynb)" in text  # no copy yet: the lesson itself
+    assert f"[open in Colab]({colab}executed/solutions/01_b_solutions.ipynb)" in text
+    assert f"[open in Colab]({colab}solutions/00_a_solutions.ipynb)" in text
 
 
 def test_select_names_lessons_by_number_and_refuses_unknown_ones():
     assert [p.stem[:2] for p in notebooks.select(["01", "03"])] == ["01", "03"]
     with pytest.raises(ValueError, match="lesson must be one of .* got '42'"):
         notebooks.select(["42"])
+    chosen = notebooks.select(["01", "03_xgblora", "04_bone_and_bat_solutions"], solutions=True)
+    assert [p.relative_to(notebooks.LESSONS).as_posix() for p in chosen] == \
+        ["solutions/01_lora_from_scratch_solutions.ipynb", "solutions/03_xgblora_solutions.ipynb",
+         "solutions/04_bone_and_bat_solutions.ipynb"]
+    assert notebooks.select([], solutions=True) == notebooks.solution_sources()
+    with pytest.raises(ValueError, match="lesson must be one of .* got '42'"):
+        notebooks.select(["42"], solutions=True)
 
 
 def test_the_lessons_readme_shows_the_table_the_timings_give():
     timings = json.loads(notebooks.TIMINGS.read_text()) if notebooks.TIMINGS.exists() else {}
-    table = notebooks.runtime_table(timings, notebooks.lesson_sources(), notebooks.github_repository())
+    table = notebooks.runtime_table(timings, notebooks.all_sources(), notebooks.github_repository())
     readme = (notebooks.LESSONS / "README.md").read_text()
     assert f"{notebooks.TABLE_START}\n{table}\n{notebooks.TABLE_END}" in readme, \
         "regenerate it: python -m lowrank_lab lessons --table"
@@ -112,7 +189,8 @@ def _outputs(copy):
             yield index, output, "".join(text) if isinstance(text, list) else text
 
 
-@pytest.mark.parametrize("copy", sorted(notebooks.EXECUTED.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("copy", sorted(notebooks.EXECUTED.glob("[0-9][0-9]_*.ipynb"))
+                         + sorted(notebooks.EXECUTED_SOLUTIONS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
 def test_executed_copies_show_no_clutter_and_no_judged_short_run(copy):
     problems = []
     for index, output, text in _outputs(copy):

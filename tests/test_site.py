@@ -97,8 +97,15 @@ def test_plan_has_every_lesson_once_with_its_executed_copy():
         assert page.source == (f"lessons/executed/{executed.name}" if executed.exists()
                                else f"lessons/{executed.name}")
     assert plan.pages[0].dest == "index.md"
-    assert {p.source for p in plan.pages if p.section == "solutions"} == \
+    from lowrank_lab import notebooks
+
+    solutions = {p.dest: p.source for p in plan.pages if p.section == "solutions"}
+    assert set(solutions) == \
         {f"lessons/solutions/{p.name}" for p in (ROOT / "lessons" / "solutions").glob("*.ipynb")}
+    for dest, source in solutions.items():  # the executed copy where it matches its solutions notebook
+        copy = notebooks.EXECUTED_SOLUTIONS / posixpath_name(dest)
+        fresh = copy.exists() and not notebooks.check_copy(ROOT / dest, copy)
+        assert source == (f"lessons/executed/solutions/{copy.name}" if fresh else dest)
     for notation in ("lessons/NOTATION.md", "lessons/APPENDIX.md", "results/PREREGISTRATION.md"):
         assert ((ROOT / notation).exists()) == any(p.source == notation for p in plan.pages)
     with pytest.raises(site.SiteError, match="no lesson numbered 42"):
@@ -127,6 +134,31 @@ def test_notation_appendix_and_unexecuted_lessons_are_pages(tmp_path):
     quick = site.plan_site(tmp_path, ["2"])
     assert [p.dest for p in quick.pages if p.section in ("course", "solutions")] == \
         ["lessons/README.md", "lessons/02_b.ipynb"]
+
+
+def test_solutions_pages_show_their_executed_copy_only_while_it_matches(tmp_path):
+    cells = [{"cell_type": "code", "id": "c", "metadata": {}, "source": "1 + 1", "outputs": [],
+              "execution_count": None}]
+    header = {"cell_type": "markdown", "id": "h", "metadata": {"tags": ["lowrank-lab-executed-copy"]},
+              "source": "Executed copy of [`lessons/solutions/01_a_solutions.ipynb`]"
+                        "(../../solutions/01_a_solutions.ipynb)"}
+    copy = {"cells": [header] + cells, "metadata": {"lowrank_lab": {"scale": "cpu", "commit": "abc", "wall_time_s": 1}},
+            "nbformat": 4, "nbformat_minor": 5}
+    for path, content in (("README.md", ""), ("lessons/01_a.ipynb", "{}"), ("lessons/02_b.ipynb", "{}"),
+                          ("lessons/solutions/01_a_solutions.ipynb", json.dumps({"cells": cells, "metadata": {}})),
+                          ("lessons/solutions/02_b_solutions.ipynb", json.dumps({"cells": cells, "metadata": {}})),
+                          ("lessons/executed/solutions/01_a_solutions.ipynb", json.dumps(copy)),
+                          ("lessons/executed/solutions/02_b_solutions.ipynb", json.dumps(copy).replace("1 + 1", "2"))):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(content)
+    plan = site.plan_site(tmp_path)
+    pages = {p.dest: p for p in plan.pages if p.section == "solutions"}
+    assert pages["lessons/solutions/01_a_solutions.ipynb"].source == "lessons/executed/solutions/01_a_solutions.ipynb"
+    assert pages["lessons/solutions/02_b_solutions.ipynb"].source == "lessons/solutions/02_b_solutions.ipynb"  # stale
+    assert plan.routes["lessons/executed/solutions/01_a_solutions.ipynb"] == "lessons/solutions/01_a_solutions.ipynb"
+    rewriter = site.LinkRewriter(plan, pages["lessons/solutions/01_a_solutions.ipynb"])
+    assert rewriter.rewrite(header["source"]) == "Executed copy of `lessons/solutions/01_a_solutions.ipynb`"
+    assert rewriter.rewrite("[lesson 01](../01_a.ipynb)") == "[lesson 01](../01_a.ipynb)"  # to the lesson's page
 
 
 def posixpath_name(path: str) -> str:
