@@ -168,11 +168,14 @@ def _warn_full_on_cpu(scale: str, kind: str) -> None:
     if scale != "full" or get_device(scale).type != "cpu":
         return
     preset = presets.TRAIN_PRESETS["full"][kind]
-    cost = ("about 10 minutes for MiniLM on sentiment (some 800 steps) on 2 cores, an hour or more on the larger "
-            "tasks" if kind == "classification" else "many hours for a causal LM")
+    cpu = presets.TRAIN_PRESETS["cpu"][kind]
+    # what it costs, from the presets themselves (a typed duration would drift from them and from the machine)
+    cpu_work = (f"{cpu['max_steps']} steps of batch {cpu['batch_size']} at length {cpu['max_length']}"
+                + (f" on at most {cpu['max_train']} training rows" if cpu.get("max_train") else ""))
     print(f"python -m lowrank_lab train: warning: --scale full is the GPU preset ({preset['epochs']} epochs over all "
           f"the training data, batch {preset['batch_size']}, length {preset['max_length']}) and no GPU was found, so "
-          f"it runs on the CPU in fp32: {cost}; --scale cpu is the preset sized for a CPU", file=sys.stderr)
+          f"it runs on the CPU in fp32, several times the work of --scale cpu ({cpu_work}), the preset sized for a "
+          "CPU", file=sys.stderr)
 
 
 def _check_writable(out: Path) -> None:
