@@ -320,3 +320,18 @@ def function_not_attempted(name: str, result) -> bool:
         print(f"· {name}: not attempted yet (your function still returns None: fill it in and run the cell again)")
         return True
     return False
+
+
+def judge_pair_function(name: str, function, cases, judge, returns: str, **call_options) -> bool:
+    """A function answer that returns a pair, run by :func:`call_answer` (``call_options``: its forbidden functions,
+    ``autograd``, ``rule``) on each of ``cases`` — the exercise's own first, then unseen ones — and each result
+    judged by ``judge(result, where, data)``. ``cases`` yields ``(args, where, data)``: the arguments, the prefix a
+    hint gets ("" on the exercise's own case) and what ``judge`` needs; it is consumed lazily, so an unseen case is
+    built only once the answer was tried. False while the starter still returns None; ✓ once every case is right."""
+    for index, (args, where, data) in enumerate(cases):
+        result = call_answer(name, function, *args, **call_options)
+        if index == 0 and function_not_attempted(name, result):
+            return False
+        require(name, isinstance(result, (tuple, list)) and len(result) == 2, f"your function must return two {returns}")
+        judge(result, where, data)
+    return passed(name, True, "")

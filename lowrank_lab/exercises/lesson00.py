@@ -16,8 +16,8 @@ from unittest import mock
 import torch
 from torch import nn
 
-from lowrank_lab.exercises import (call_answer, function_not_attempted, not_attempted, passed, require, tensor_answer,
-                                   text_answer, whole_answer)
+from lowrank_lab.exercises import (judge_pair_function, not_attempted, passed, require, tensor_answer, text_answer,
+                                   whole_answer)
 from lowrank_lab.runtime import SCALE_ENV, get_scale
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,20 +77,18 @@ def check_full_gradient(G, grad_b=None, seed: int = 0) -> bool:
     batch and on a batch of another shape, so the rule "without autograd" is enforced."""
     name = "Exercise 1 (G = δᵀX and ∂L/∂b)"
     if callable(G):
-        cases = ((seed, GRADIENT_TOY_SHAPE), _HIDDEN_GRADIENT_CASE)
-        for index, (case_seed, shape) in enumerate(cases):
-            X, target, layer = gradient_toy(case_seed, shape)
-            W, b = layer.weight.detach().clone(), layer.bias.detach().clone()
-            result = call_answer(name, G, X.clone(), target.clone(), W, b, autograd=False,
-                                 rule="compute δ = ∂L/∂Y, G and ∂L/∂b with tensor operations")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            require(name, isinstance(result, (tuple, list)) and len(result) == 2,
-                    "your function must return two tensors: (G, ∂L/∂b)")
-            where = "" if index == 0 else (f"right on the exercise's batch, but on a batch of shape (N, n, m) = "
-                                           f"{shape}: use only the function's arguments (no fixed sizes); ")
-            _judge_full_gradient(name, result[0], result[1], *_autograd_reference(case_seed, shape), where=where)
-        return passed(name, True, "")
+        def cases():
+            for index, (case_seed, shape) in enumerate(((seed, GRADIENT_TOY_SHAPE), _HIDDEN_GRADIENT_CASE)):
+                X, target, layer = gradient_toy(case_seed, shape)
+                W, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+                where = "" if index == 0 else (f"right on the exercise's batch, but on a batch of shape (N, n, m) = "
+                                               f"{shape}: use only the function's arguments (no fixed sizes); ")
+                yield (X.clone(), target.clone(), W, b), where, (case_seed, shape)
+
+        return judge_pair_function(
+            name, G, cases(), lambda result, where, case: _judge_full_gradient(
+                name, result[0], result[1], *_autograd_reference(*case), where=where),
+            "tensors: (G, ∂L/∂b)", autograd=False, rule="compute δ = ∂L/∂Y, G and ∂L/∂b with tensor operations")
     if not_attempted(name, G, grad_b):
         return False
     _judge_full_gradient(name, G, grad_b, *_autograd_reference(seed))

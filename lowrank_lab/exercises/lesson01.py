@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank_lab.exercises import (call_answer, function_not_attempted, not_attempted, number_answer, passed, require,
-                                   tensor_answer, whole_answer)
+from lowrank_lab.exercises import (call_answer, function_not_attempted, judge_pair_function, not_attempted,
+                                   number_answer, passed, require, tensor_answer, whole_answer)
 from lowrank_lab.adapters import count_parameters, inject
 from lowrank_lab.layers.lora import LoRAConfig, LoRALinear
 
@@ -100,19 +100,18 @@ def check_lora_gradients(grad_A, grad_B=None, seed: int = 0) -> bool:
     left out): the check runs it with autograd disabled, on the exercise's layer and on one of another shape."""
     name = "Exercise 2 (closed-form G_A and G_B)"
     if callable(grad_A):
-        for index, (case_seed, shape) in enumerate(((seed, TOY_SHAPE), _HIDDEN_TOY)):
-            X, target, layer = lora_toy(case_seed, shape)
-            args = (X, target, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A, layer.lora_B)
-            result = call_answer(name, grad_A, *(t.detach().clone() for t in args), layer.scaling, autograd=False,
-                                 rule="compute δ, G and the two factor gradients with tensor operations")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            require(name, isinstance(result, (tuple, list)) and len(result) == 2,
-                    "your function must return two tensors: (G_A, G_B)")
-            where = "" if index == 0 else (f"right on the exercise's layer, but on one of shape (N, n, m, r) = {shape}: "
-                                           "use only the function's arguments (no fixed sizes or scale); ")
-            _judge_lora_gradients(name, result[0], result[1], *_lora_reference(case_seed, shape), where=where)
-        return passed(name, True, "")
+        def cases():
+            for index, (case_seed, shape) in enumerate(((seed, TOY_SHAPE), _HIDDEN_TOY)):
+                X, target, layer = lora_toy(case_seed, shape)
+                args = (X, target, layer.base_layer.weight, layer.base_layer.bias, layer.lora_A, layer.lora_B)
+                where = "" if index == 0 else (f"right on the exercise's layer, but on one of shape (N, n, m, r) = "
+                                               f"{shape}: use only the function's arguments (no fixed sizes or scale); ")
+                yield (*(t.detach().clone() for t in args), layer.scaling), where, (case_seed, shape)
+
+        return judge_pair_function(
+            name, grad_A, cases(), lambda result, where, case: _judge_lora_gradients(
+                name, result[0], result[1], *_lora_reference(*case), where=where),
+            "tensors: (G_A, G_B)", autograd=False, rule="compute δ, G and the two factor gradients with tensor operations")
     if not_attempted(name, grad_A, grad_B):
         return False
     _judge_lora_gradients(name, grad_A, grad_B, *_lora_reference(seed))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import call_answer, function_not_attempted, not_attempted, number_list, passed, require, tensor_answer
+from . import judge_pair_function, not_attempted, number_list, passed, require, tensor_answer
 
 # (in_features, out_features, r) of the layers in exercise 1: a square MiniLM projection, a SmolLM2 up
 # projection, and a down projection whose input is not a multiple of r (Bone pads the last shard).
@@ -78,20 +78,18 @@ def check_bone_as_lora(D: torch.Tensor, n_in: int, E, B=None) -> bool:
 
         functions = {f"lowrank_lab.layers.bone.{f.__name__}": f for f in (bone.tiled_identity, bone.bone_to_lora,
                                                                          bone.shard_sum)}
-        gen = torch.Generator().manual_seed(41)
-        cases = [(D, n_in)] + [(torch.randn(r, m, generator=gen, dtype=torch.float64), n)
-                               for r, m, n in _HIDDEN_BONE_CASES]
-        for index, (block, n) in enumerate(cases):
-            result = call_answer(name, E, block.clone(), n, functions=functions,
-                                 rule="build E from zeros and ones yourself")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            require(name, isinstance(result, (tuple, list)) and len(result) == 2,
-                    "your function must return two matrices: (E, B)")
-            where = "" if index == 0 else (f"right on the exercise's block, but not for r = {block.shape[0]}, "
-                                           f"{block.shape[1]} outputs and n = {n} inputs: use only the arguments; ")
-            _judge_bone_as_lora(name, block, n, result[0], result[1], where)
-        return passed(name, True, "")
+        def cases():
+            gen = torch.Generator().manual_seed(41)
+            blocks = [(D, n_in)] + [(torch.randn(r, m, generator=gen, dtype=torch.float64), n)
+                                    for r, m, n in _HIDDEN_BONE_CASES]
+            for index, (block, n) in enumerate(blocks):
+                where = "" if index == 0 else (f"right on the exercise's block, but not for r = {block.shape[0]}, "
+                                               f"{block.shape[1]} outputs and n = {n} inputs: use only the arguments; ")
+                yield (block.clone(), n), where, (block, n)
+
+        return judge_pair_function(
+            name, E, cases(), lambda result, where, case: _judge_bone_as_lora(name, *case, result[0], result[1], where),
+            "matrices: (E, B)", functions=functions, rule="build E from zeros and ones yourself")
     if not_attempted(name, E, B):
         return False
     _judge_bone_as_lora(name, D, n_in, E, B)
