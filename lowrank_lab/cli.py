@@ -492,11 +492,15 @@ def add_lessons_parser(subparsers) -> argparse.ArgumentParser:
                     "to lessons/executed/timings.json; with --solutions it runs those lessons' worked solutions "
                     "(lessons/solutions/<lesson>_solutions.ipynb) instead, into lessons/executed/solutions/; "
                     "--table rewrites the runtime table of lessons/README.md from those timings (lessons, then "
-                    "solutions); --check lists executed copies, of lessons and of solutions, that are missing or no "
+                    "solutions); --sync-prose copies corrected text cells into executed copies whose code did not "
+                    "change; --check lists executed copies, of lessons and of solutions, that are missing or no "
                     "longer match their source.")
     p.add_argument("--execute", nargs="*", metavar="LESSON", default=None, help="lessons to execute (none: all)")
+    p.add_argument("--sync-prose", nargs="*", metavar="LESSON", default=None,
+                   help="copy the text cells of lessons (none: all) whose code did not change into their executed "
+                        "copies, without re-running them")
     p.add_argument("--solutions", action="store_true",
-                   help="with --execute: execute the named lessons' worked solutions instead of the lessons")
+                   help="with --execute or --sync-prose: the named lessons' worked solutions instead of the lessons")
     p.add_argument("--scale", choices=("smoke", "cpu", "full"), default="cpu", help="scale to execute at (cpu)")
     p.add_argument("--timeout", type=_int_at_least(1, "a positive int", 86400), default=3600,
                    help="seconds a cell may run (default 3600)")
@@ -510,11 +514,24 @@ def add_lessons_parser(subparsers) -> argparse.ArgumentParser:
 def run_lessons(args) -> int:
     from lowrank_lab import notebooks
 
-    if args.solutions and args.execute is None:
-        raise UsageError("--solutions chooses what --execute runs: --execute [LESSON ...] --solutions "
-                         "(--check and --table always cover the solutions)")
-    if args.execute is None and not args.table and not args.check:
-        raise UsageError("say what to do: --execute [LESSON ...] [--solutions], --table and/or --check")
+    if args.solutions and args.execute is None and args.sync_prose is None:
+        raise UsageError("--solutions chooses what --execute or --sync-prose works on: --execute [LESSON ...] "
+                         "--solutions (--check and --table always cover the solutions)")
+    if args.execute is not None and args.sync_prose is not None:
+        raise UsageError("--execute regenerates whole copies; --sync-prose only their text: choose one")
+    if args.execute is None and args.sync_prose is None and not args.table and not args.check:
+        raise UsageError("say what to do: --execute [LESSON ...] [--solutions], --sync-prose [LESSON ...], --table "
+                         "and/or --check")
+    if args.sync_prose is not None:
+        try:
+            chosen = notebooks.select(args.sync_prose, solutions=args.solutions)
+            for source in chosen:  # every copy checked before the first one is written
+                notebooks.sync_prose(source, dry_run=True)
+            for source in chosen:
+                changed = notebooks.sync_prose(source)
+                print(f"{source.name}: {len(changed)} text cell(s) updated" + (f" ({changed})" if changed else ""))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if args.execute is not None:
         try:
             chosen = notebooks.select(args.execute, solutions=args.solutions)

@@ -16,6 +16,9 @@ time goes to ``lessons/executed/timings.json`` (keyed by the notebook's name: ``
 ``01_lora_from_scratch_solutions``), and ``python -m lowrank_lab lessons --table`` rewrites the runtime table in
 ``lessons/README.md`` from it: one row per lesson, then one per solutions notebook.
 
+``python -m lowrank_lab lessons --sync-prose [NN ...]`` copies corrected text (markdown) cells into the executed
+copies of lessons whose code did not change, without re-running them; the header then names both commits.
+
 ``check_copy`` is the drift check (tests/test_lessons_executed.py, ``lessons --check``): a copy must hold exactly its
 source's cells, so a lesson or solutions notebook edited after its copy was made fails until the copy is
 regenerated.
@@ -169,6 +172,46 @@ def execute(source: Path, scale: str = "cpu", timeout_s: int = 3600, out_dir: Pa
     timings[source.stem] = record
     files.write_json(out_dir / TIMINGS.name, timings)
     return record
+
+
+def sync_prose(source: Path, out_dir: Path = EXECUTED, dry_run: bool = False) -> list[int]:
+    """``lessons --sync-prose``: copy the text (markdown) cells of ``source`` into its executed copy when its code did
+    not change, so a corrected sentence needs no re-run; return the indices (in ``source``) of the cells replaced.
+    The copy keeps every output and the commit that ran it; its header and metadata add the commit the text comes
+    from. A changed, added or removed code cell is a ``ValueError`` (the outputs would no longer be that code's:
+    re-execute instead), as is a source with uncommitted changes. ``dry_run``: check and report, write nothing."""
+    commit = commit_of(source)
+    copy = executed_copy(source, out_dir)
+    if not copy.exists():
+        raise ValueError(f"{source.name} has no executed copy to update: `{regenerate_command(source)}`")
+    src, cp = json.loads(source.read_text()), json.loads(copy.read_text())
+    if not cp["cells"] or HEADER_TAG not in cp["cells"][0].get("metadata", {}).get("tags", []):
+        raise ValueError(f"{copy.name}: no header cell naming the commit and scale: `{regenerate_command(source)}`")
+    want, have = cell_sources(src), cell_sources({"cells": cp["cells"][1:]})
+    code_changed = [i for i, (a, b) in enumerate(zip(want, have))
+                    if (a[0] == "markdown") != (b[0] == "markdown") or (a[0] != "markdown" and a != b)]
+    if len(want) != len(have) or code_changed:
+        where = f"cell {code_changed[0]}" if code_changed else f"{len(want)} cells against {len(have)}"
+        raise ValueError(f"{source.name}: code changed since its executed copy ({where}); its outputs would not be "
+                         f"that code's: `{regenerate_command(source)}`")
+    changed = [i for i, (a, b) in enumerate(zip(want, have)) if a != b]
+    if not changed or dry_run:
+        return changed
+    for i in changed:
+        cp["cells"][i + 1]["source"] = src["cells"][i]["source"]
+    record = cp["metadata"]["lowrank_lab"]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record.update(prose_commit=commit, prose_synced_at=when, source_sha256=source_digest(src))
+    header = header_cell(source, record["commit"], record["scale"], record["wall_time_s"], record["executed_at"])
+    header["source"] += (f" Text cells updated from commit `{commit[:12]}` on {when} without re-running "
+                         f"(`python -m lowrank_lab lessons --sync-prose {number(source)}"
+                         f"{' --solutions' if is_solutions(source) else ''}`): code and outputs are commit "
+                         f"`{record['commit'][:12]}`'s.")
+    cp["cells"][0]["source"] = header["source"]
+    import nbformat
+
+    files.write_text(copy, nbformat.writes(nbformat.from_dict(cp)) + "\n")
+    return changed
 
 
 def check_copy(source: Path, copy: Path) -> list[str]:

@@ -55,7 +55,7 @@ WIDGET_NOTE = ("*Interactive explorer (ipywidgets): it runs in a live Jupyter ke
                "JupyterLab to move its controls; the figure above shows its default view.*")
 REQUIRED_MODULES = ("sphinx", "myst_nb", "sphinx_book_theme")
 LESSON_RE = re.compile(r"^(\d\d)_.+\.ipynb$")
-REFERENCE_FIRST = ("NOTATION.md", "APPENDIX.md")  # the reference pages listed first, in this order
+REFERENCE_FIRST = ("NOTATION.md", "APPENDIX.md", "CRIB.md")  # the reference pages listed first, in this order
 
 
 class SiteError(Exception):

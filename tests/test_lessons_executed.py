@@ -205,3 +205,41 @@ def test_executed_copies_show_no_clutter_and_no_judged_short_run(copy):
             if ACCURACY_VALUE.search(line) and not SPLITS.search(line):
                 problems.append(f"cell {index}: an accuracy without its split: {line.strip()[:120]}")
     assert not problems, f"{copy.name}:\n" + "\n".join(problems)
+
+
+def _with_markdown(text, code):
+    notebook = _notebook(code)
+    notebook["cells"].insert(0, {"cell_type": "markdown", "id": "text", "metadata": {}, "source": text})
+    return notebook
+
+
+def test_sync_prose_updates_text_cells_only_and_refuses_changed_code(tmp_path, monkeypatch):
+    source = tmp_path / "09_tiny.ipynb"
+    source.write_text(json.dumps(_with_markdown("The answer is four.", "print(2 + 2)")))
+    monkeypatch.setattr(notebooks, "commit_of", lambda path: "0123456789abcdef")
+    notebooks.execute(source, "smoke", timeout_s=120, out_dir=tmp_path / "executed")
+    copy = tmp_path / "executed" / source.name
+
+    source.write_text(json.dumps(_with_markdown("The answer is 4 (printed below).", "print(2 + 2)")))
+    assert "cells differ" in notebooks.check_copy(source, copy)[0]
+    monkeypatch.setattr(notebooks, "commit_of", lambda path: "fedcba9876543210")
+    assert notebooks.sync_prose(source, tmp_path / "executed", dry_run=True) == [0]
+    assert "cells differ" in notebooks.check_copy(source, copy)[0]  # a dry run writes nothing
+    assert notebooks.sync_prose(source, tmp_path / "executed") == [0]
+    assert notebooks.check_copy(source, copy) == []
+    executed = json.loads(copy.read_text())
+    assert "".join(executed["cells"][2]["outputs"][0]["text"]).strip() == "4"  # the output is kept
+    header = "".join(executed["cells"][0]["source"])
+    assert "commit `0123456789ab`" in header and "updated from commit `fedcba987654`" in header
+    record = executed["metadata"]["lowrank_lab"]
+    assert record["commit"].startswith("0123") and record["prose_commit"].startswith("fedc")
+    assert notebooks.sync_prose(source, tmp_path / "executed") == []  # nothing left to copy
+
+    before = copy.read_text()
+    source.write_text(json.dumps(_with_markdown("The answer is 4 (printed below).", "print(3 + 3)")))
+    with pytest.raises(ValueError, match="code changed since its executed copy .cell 1.*--execute 09"):
+        notebooks.sync_prose(source, tmp_path / "executed")
+    source.write_text(json.dumps(_with_markdown("The answer is 4.", "print(2 + 2)\nprint(1)")))
+    with pytest.raises(ValueError, match="code changed"):
+        notebooks.sync_prose(source, tmp_path / "executed")
+    assert copy.read_text() == before  # refused before anything was written

@@ -14,8 +14,9 @@ With P_B = B(BᵀB)⁻¹Bᵀ and P_A = Aᵀ(AAᵀ)⁻¹A (Theorem 2.1), for any 
     g_B* = (1/s²)(I − P_B) ∂L/∂B (AAᵀ)⁻¹ − B·X
     g̃*  = P_B g + (I − P_B) g P_A        (independent of X; ⟨g, g̃*⟩ ≥ 0)
 
-using ∂L/∂A = s·Bᵀg and ∂L/∂B = s·g·Aᵀ, so g itself (m×n) is never needed. X is free; the paper picks the X
-that keeps the adjusted gradients closest to LoRA's own (Theorem 2.3), a Sylvester equation
+using ∂L/∂A = s·Bᵀg and ∂L/∂B = s·g·Aᵀ, so g itself (m×n) is never needed. X is free; LoRA-Pro picks the X
+that keeps the adjusted gradients closest to LoRA's own (the official code's choice, stage_1_and_2.py; the
+paper's number for this result is not confirmed), a Sylvester equation
 
     (BᵀB)·X + X·(AAᵀ) = −(1/s²)(BᵀB)⁻¹ ∂L/∂A · Aᵀ,
 
