@@ -203,6 +203,12 @@ class LinkRewriter:
         path, _, fragment = target.partition("#")
         path = path.split("?", 1)[0]
         repo_path = posixpath.normpath(posixpath.join(posixpath.dirname(self.page.source), path))
+        source_dir = posixpath.dirname(self.page.source)
+        if source_dir.startswith("lessons/executed") and repo_path not in self.plan.routes \
+                and not (self.plan.root / repo_path).exists():
+            # An executed copy keeps its source's text, whose relative links start from the source's folder
+            # (lessons/, or lessons/solutions/ for a worked solution), one level above the copy.
+            repo_path = posixpath.normpath(posixpath.join(source_dir.replace("lessons/executed", "lessons", 1), path))
         if repo_path.startswith("../") or repo_path == "..":
             return None
         here = posixpath.dirname(self.page.dest) or "."

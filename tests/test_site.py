@@ -61,6 +61,10 @@ def test_links_to_lessons_lead_to_their_pages(tmp_path):
     # the executed copy's banner names its own lesson: plain text, code span kept
     assert lesson.rewrite("Copy of [`lessons/01_x.ipynb`](../01_x.ipynb).") == "Copy of `lessons/01_x.ipynb`."
     assert lesson.rewrite("[home](../../README.md#quickstart)") == "[home](../index.md#quickstart)"
+    # the lesson's own text links from lessons/, one level above its executed copy
+    plan.routes["lessons/CRIB.md"] = "lessons/CRIB.md"
+    assert lesson.rewrite("the [crib](CRIB.md#01_x)") == "the [crib](CRIB.md#01_x)"
+    assert lesson.rewrite("[nothing](NOPE.md)") == "nothing"
 
 
 def test_figures_are_copied_and_other_files_become_text_or_repository_links(tmp_path):
