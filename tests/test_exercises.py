@@ -42,7 +42,7 @@ class AlwaysEqual:
 
 def test_22_a_wrong_answer_shows_as_one_line_in_a_notebook_not_a_traceback():
     error = ExerciseError("ex 1: not yet. look at the rank")
-    assert error._render_traceback_() == ["ExerciseError: ex 1: not yet. look at the rank"]  # what IPython prints
+    assert error._render_traceback_() == ["✗ ex 1: not yet. look at the rank"]  # what IPython prints
 
 
 def test_22_numbers_are_read_by_value_whatever_their_container():

@@ -30,11 +30,13 @@ from contextlib import ExitStack, contextmanager
 
 
 class ExerciseError(AssertionError):
-    """An exercise's answer is wrong; the message is a hint."""
+    """An exercise's answer is wrong; the message is a hint. In a notebook IPython shows the one line
+    ``✗ <exercise>: not yet. <hint>`` instead of a traceback (``_render_traceback_``); it is still an
+    AssertionError, so a script or a test stops on it."""
 
     def _render_traceback_(self) -> list[str]:
         """What IPython shows for it: the hint in one line, not a traceback into the check's code."""
-        return [f"{type(self).__name__}: {one_line(self)}"]
+        return [f"✗ {one_line(self)}"]
 
 
 def one_line(value, limit: int = 400) -> str:

@@ -4,7 +4,7 @@ the task's input subspace.
 
 Each check computes its reference its own way (``lowrank_lab.forgetting``'s Gram-matrix spectra, LoRA-Pro's
 library gradients, the definitions re-evaluated on the student's own matrices) and never prints the answer. A
-wrong answer raises :class:`Hint`, an :class:`~lowrank_lab.exercises.ExerciseError` that IPython shows as one line
+wrong answer raises :class:`~lowrank_lab.exercises.ExerciseError` (``Hint`` here), which IPython shows as one line
 (no traceback); the worked solutions are in ``lessons/solutions/08_what_finetuning_forgets_solutions.ipynb``.
 Every answer is a list of real numbers, a matrix, or a pair of them, so none can be found by trying the few
 possible values one after another. Exercises 1, 2 and 4 say "without ``forgetting``" (1, 2) or "with plain tensor
@@ -23,43 +23,17 @@ import torch
 
 from lowrank_lab import forgetting
 
-from . import ExerciseError, call_answer, function_not_attempted, not_attempted
+from . import ExerciseError, judge_pair_function, not_attempted, passed, require
 
 K = forgetting.DEFAULT_K            # top-k singular vectors of W examined (PEFT's top_k)
 EPSILON = forgetting.HEADLINE_EPSILON  # the intruder threshold (PEFT's threshold_epsilon)
 
 
-class Hint(ExerciseError):
-    """A wrong answer. In a notebook IPython prints the one line ``✗ <exercise>: not yet. <hint>`` instead of a
-    traceback (``_render_traceback_``); it is still an AssertionError, so a script or a test stops on it."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"✗ {self}"]
+Hint = ExerciseError  # a wrong answer: one line, ✗ (the name the lesson's tests and older notebooks use)
 
 
 def _fail(name: str, hint: str):
-    raise Hint(f"{name}: not yet. {hint}")
-
-
-def _require(name: str, condition: bool, hint: str) -> None:
-    if not condition:
-        _fail(name, hint)
-
-
-def _passed(name: str) -> bool:
-    print(f"✓ {name}")
-    return True
-
-
-def _function_answer(name: str, function, *args, functions: dict | None = None, names: dict | None = None,
-                     rule: str = ""):
-    """:func:`~lowrank_lab.exercises.call_answer` with its hint raised as a :class:`Hint` (one line, ✗)."""
-    try:
-        return call_answer(name, function, *args, functions=functions, names=names, rule=rule)
-    except Hint:
-        raise
-    except ExerciseError as error:
-        raise Hint(str(error)) from None
+    raise ExerciseError(f"{name}: not yet. {hint}")
 
 
 def _forgetting_functions() -> dict:
@@ -68,11 +42,6 @@ def _forgetting_functions() -> dict:
 
     return {f"forgetting.{key}": value for key, value in vars(forgetting).items()
             if inspect.isfunction(value) and not key.startswith("_") and value.__module__ == forgetting.__name__}
-
-
-def _pair(name: str, result, what: str):
-    _require(name, isinstance(result, (tuple, list)) and len(result) == 2, f"your function must return two things: {what}")
-    return result
 
 
 def _numbers(answer) -> np.ndarray | None:
@@ -131,11 +100,11 @@ def _judge_intruders(name: str, W0: torch.Tensor, W: torch.Tensor, max_cos, n_in
     reference = forgetting.intruder_dimensions(W0, W, k=K, epsilons=(EPSILON,))
     want = np.asarray(reference["max_cos"])
     value = _numbers(max_cos)
-    _require(name, value is not None and value.shape == want.shape,
+    require(name, value is not None and value.shape == want.shape,
              f"{where}max_cos must be {len(want)} numbers: one per top-{K} left singular vector of W")
     if np.allclose(value, want, atol=1e-4):
         count = _numbers(n_intruders)
-        _require(name, count is not None and count.shape == () and float(count) == int(reference["count"]),
+        require(name, count is not None and count.shape == () and float(count) == int(reference["count"]),
                  f"{where}your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: "
                  "count them")
         return
@@ -165,20 +134,17 @@ def check_intruders(W0, W, max_cos, n_intruders=None) -> bool:
     name = "Exercise 1 (intruder dimensions by hand)"
     W0, W = (torch.as_tensor(x, dtype=torch.float64) for x in (W0, W))
     if callable(max_cos):
-        for index, (A0, A) in enumerate(((W0, W), intruder_exercise(seed=17))):
-            result = _function_answer(name, max_cos, A0.clone(), A.clone(), functions=_forgetting_functions(),
-                                      names={"intruders_teaching": "the lesson's intruders_teaching"},
-                                      rule="use torch.linalg.svd")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            got = _pair(name, result, "(max_cos, count)")
-            where = "" if index == 0 else "right on the exercise's pair, but not on another one: use only the arguments; "
-            _judge_intruders(name, A0, A, got[0], got[1], where)
-        return _passed(name)
+        cases = ((((A0.clone(), A.clone()), where, (A0, A)) for A0, A, where in (
+            (W0, W, ""), (*intruder_exercise(seed=17),
+                          "right on the exercise's pair, but not on another one: use only the arguments; "))))
+        return judge_pair_function(
+            name, max_cos, cases, lambda got, where, pair: _judge_intruders(name, *pair, got[0], got[1], where),
+            "things: (max_cos, count)", functions=_forgetting_functions(),
+            names={"intruders_teaching": "the lesson's intruders_teaching"}, rule="use torch.linalg.svd")
     if not_attempted(name, max_cos, n_intruders):
         return False
     _judge_intruders(name, W0, W, max_cos, n_intruders)
-    return _passed(name)
+    return passed(name, True, "")
 
 
 # ================================================================================================ exercise 2
@@ -197,7 +163,7 @@ def _judge_update_ranks(name: str, delta: torch.Tensor, effective_rank, energy_r
     sigma = forgetting.singular_values(delta)
     reference = forgetting.spectrum_ranks(sigma)
     value = _numbers(effective_rank)
-    _require(name, value is not None and value.shape == (), f"{where}effective_rank must be one number")
+    require(name, value is not None and value.shape == (), f"{where}effective_rank must be one number")
     value = float(value)
     s = sigma[sigma > 1e-9 * sigma.max()].numpy()
     p, q = s / s.sum(), s ** 2 / (s ** 2).sum()
@@ -209,7 +175,7 @@ def _judge_update_ranks(name: str, delta: torch.Tensor, effective_rank, energy_r
                 _fail(name, where + hint)
         _fail(name, f"{where}p_i = sigma_i / sum(sigma), then exp(-sum p_i log p_i) over the non-zero singular values")
     energy = _numbers(energy_rank_90)
-    _require(name, energy is not None and energy.shape == () and float(energy) == int(reference["energy_rank_90"]),
+    require(name, energy is not None and energy.shape == () and float(energy) == int(reference["energy_rank_90"]),
              f"{where}your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
              "accumulate, and find the fewest whose sum reaches 90% of ||dW||_F^2")
 
@@ -228,21 +194,18 @@ def check_update_ranks(delta, effective_rank, energy_rank_90=None) -> bool:
     name = "Exercise 2 (the shape of an update)"
     delta = torch.as_tensor(delta, dtype=torch.float64)
     if callable(effective_rank):
-        for index, matrix in enumerate((delta, update_exercise(**_HIDDEN_UPDATE))):
-            result = _function_answer(name, effective_rank, matrix.clone(), functions=_forgetting_functions(),
-                                      names={"update_ranks": "the lesson's update_ranks"},
-                                      rule="use torch.linalg.svdvals and the definitions")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            got = _pair(name, result, "(effective_rank, rank_90)")
-            where = ("" if index == 0 else "right on the exercise's update, but not on another one (25 x 18, rank 4): "
-                                           "use only the argument; ")
-            _judge_update_ranks(name, matrix, got[0], got[1], where)
-        return _passed(name)
+        cases = (((matrix.clone(),), where, matrix) for matrix, where in (
+            (delta, ""), (update_exercise(**_HIDDEN_UPDATE), "right on the exercise's update, but not on another one "
+                                                              "(25 x 18, rank 4): use only the argument; ")))
+        return judge_pair_function(
+            name, effective_rank, cases,
+            lambda got, where, matrix: _judge_update_ranks(name, matrix, got[0], got[1], where),
+            "things: (effective_rank, rank_90)", functions=_forgetting_functions(),
+            names={"update_ranks": "the lesson's update_ranks"}, rule="use torch.linalg.svdvals and the definitions")
     if not_attempted(name, effective_rank, energy_rank_90):
         return False
     _judge_update_ranks(name, delta, effective_rank, energy_rank_90)
-    return _passed(name)
+    return passed(name, True, "")
 
 
 # ================================================================================================ exercise 3
@@ -257,12 +220,12 @@ def build_exercise(seed: int = 0) -> tuple[torch.Tensor, float]:
 
 def _rank_one(name: str, which: str, answer, W0: torch.Tensor, norm: float) -> torch.Tensor:
     value = _numbers(answer)
-    _require(name, value is not None and value.shape == tuple(W0.shape), f"{which} must be a matrix of W0's shape "
+    require(name, value is not None and value.shape == tuple(W0.shape), f"{which} must be a matrix of W0's shape "
              f"{tuple(W0.shape)}")
     delta = torch.from_numpy(value)
     s = torch.linalg.svdvals(delta)
-    _require(name, s[0] > 0 and s[1] <= 1e-6 * s[0], f"{which} must have rank 1: an outer product c * outer(u, v)")
-    _require(name, abs(float(s[0]) - norm) <= 0.01 * norm, f"{which} must have Frobenius norm {norm:.4g} (within 1%): "
+    require(name, s[0] > 0 and s[1] <= 1e-6 * s[0], f"{which} must have rank 1: an outer product c * outer(u, v)")
+    require(name, abs(float(s[0]) - norm) <= 0.01 * norm, f"{which} must have Frobenius norm {norm:.4g} (within 1%): "
              "||c u v^T||_F = |c| ||u|| ||v||")
     return delta
 
@@ -278,14 +241,14 @@ def check_built_updates(W0, norm, kept, intruder) -> bool:
     W0 = torch.as_tensor(W0, dtype=torch.float64)
     a = _rank_one(name, "kept", kept, W0, norm)
     b = _rank_one(name, "intruder", intruder, W0, norm)
-    _require(name, forgetting.intruder_dimensions(W0, W0 + a, k=K, epsilons=(EPSILON,))["count"] == 0,
+    require(name, forgetting.intruder_dimensions(W0, W0 + a, k=K, epsilons=(EPSILON,))["count"] == 0,
              "W0 + kept has an intruder: put the change along W0's own singular directions (one of them, or a mix of "
              "at most three, whose max |cos| stays >= 1/sqrt(3))")
-    _require(name, forgetting.intruder_dimensions(W0, W0 + b, k=K, epsilons=(EPSILON,))["count"] >= 1,
+    require(name, forgetting.intruder_dimensions(W0, W0 + b, k=K, epsilons=(EPSILON,))["count"] >= 1,
              "W0 + intruder has none: its new top output direction must be one that no single left singular vector "
              "of W0 owns (spread evenly over many of them), read from an input direction W0 itself barely uses (so "
              "it does not mix with W0's own top outputs)")
-    return _passed(name)
+    return passed(name, True, "")
 
 
 # ================================================================================================ exercise 4
@@ -319,7 +282,7 @@ def _judge_off_subspace(name: str, matrices: dict, lora_fraction, lora_pro_fract
     pro = equivalent_gradient(A, B, *adjusted_gradients(A, B, G_A, G_B, s), s)
     want = (_off_fraction(lora, basis), _off_fraction(pro, basis))
     values = [_numbers(lora_fraction), _numbers(lora_pro_fraction)]
-    _require(name, all(v is not None and v.shape == () for v in values),
+    require(name, all(v is not None and v.shape == () for v in values),
              f"{where}give two numbers, one per equivalent gradient")
     values = [float(v) for v in values]
     squared = [w * w for w in want]
@@ -349,17 +312,13 @@ def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction=None) ->
 
         functions = {f"lrl.{f.__name__}": f for f in (lora_pro.equivalent_gradient, lora_pro.adjusted_gradients,
                                                        lora_pro.solve_sylvester)}
-        for index, mats in enumerate((matrices, projection_exercise(seed=29))):
-            args = tuple(mats[key].clone() for key in ("A", "B", "G", "basis")) + (mats["s"],)
-            result = _function_answer(name, lora_fraction, *args, functions=functions,
-                                      rule="form both equivalent gradients with tensor operations")
-            if index == 0 and function_not_attempted(name, result):
-                return False
-            got = _pair(name, result, "(lora, lora_pro)")
-            where = "" if index == 0 else "right on the exercise's matrices, but not on another set: use only the arguments; "
-            _judge_off_subspace(name, mats, got[0], got[1], where)
-        return _passed(name)
+        cases = ((tuple(mats[key].clone() for key in ("A", "B", "G", "basis")) + (mats["s"],), where, mats)
+                 for mats, where in ((matrices, ""), (projection_exercise(seed=29), "right on the exercise's matrices, "
+                                                      "but not on another set: use only the arguments; ")))
+        return judge_pair_function(
+            name, lora_fraction, cases, lambda got, where, mats: _judge_off_subspace(name, mats, got[0], got[1], where),
+            "things: (lora, lora_pro)", functions=functions, rule="form both equivalent gradients with tensor operations")
     if not_attempted(name, lora_fraction, lora_pro_fraction):
         return False
     _judge_off_subspace(name, matrices, lora_fraction, lora_pro_fraction)
-    return _passed(name)
+    return passed(name, True, "")
