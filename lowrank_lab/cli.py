@@ -436,8 +436,9 @@ def run_compare(args) -> int:
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report", help="re-render a comparison's tables from its results.json with the current statistics",
-        description="Read FOLDER/results.json (written by compare), recompute the reproduction verdicts (paired "
-                    "95%% CIs over seeds) and print the comparison table and the reproduction table as markdown.")
+        description="Read FOLDER/results.json (written by compare), recompute the reproduction verdicts from its "
+                    "runs' predictions (paired bootstrap over seeds and test examples, Holm within the study) and "
+                    "print the comparison table and the reproduction table as markdown.")
     p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
     p.add_argument("--write", action="store_true",
                    help="also rewrite FOLDER/table.md, FOLDER/reproduction.md and FOLDER/paired_differences.png")
