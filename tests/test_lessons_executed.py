@@ -33,6 +33,7 @@ def test_an_executed_copy_names_its_run_and_catches_drift(tmp_path, monkeypatch)
     copy = tmp_path / "executed" / source.name
     executed = json.loads(copy.read_text())
     assert record["scale"] == "smoke" and record["commit"] == "0123456789abcdef" and record["wall_time_s"] > 0
+    assert record["load_before"] >= 0  # how busy the machine was when it started (the time's context)
     header = "".join(executed["cells"][0]["source"])
     assert "commit `0123456789ab`" in header and "scale `smoke`" in header
     assert "".join(executed["cells"][1]["outputs"][0]["text"]).strip() == "smoke"  # ran at the scale it names
@@ -129,14 +130,17 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     timings.write_text(json.dumps({"00_a": {"wall_time_s": 90.0, "scale": "cpu", "cpu_count": 2,
                                             "commit": "abcdef1234567890"},
                                    "01_b_solutions": {"wall_time_s": 30.0, "scale": "cpu", "cpu_count": 2,
-                                                      "commit": "1234567890abcdef"}}))
+                                                      "commit": "1234567890abcdef", "load_before": 0.1},
+                                   "00_a_solutions": {"wall_time_s": 600.0, "scale": "cpu", "cpu_count": 2,
+                                                      "commit": "1234567890abcdef", "load_before": 2.04}}))
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "x"\n')
     text = notebooks.write_runtime_table(readme, timings, pyproject)
     assert "| 00_a | 1.5 min | cpu | 2 | `abcdef123456` |" in text and "| 01_b | not measured yet |" in text
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| 0")]
     assert rows == ["| 00_a", "| 01_b", "| 00_a_solutions", "| 01_b_solutions"]  # the lessons, then the solutions
-    assert "| 00_a_solutions | not measured yet |" in text
+    # a time measured while other work shared the CPU says so (load 0.1: an idle machine's noise, not said)
+    assert "| 00_a_solutions | 10.0 min (machine busy: load 2.0 when it started) | cpu |" in text
     assert "| 01_b_solutions | 0.5 min | cpu | 2 | `1234567890ab` | [executed/solutions/01_b_solutions.ipynb]" \
            "(executed/solutions/01_b_solutions.ipynb) |" in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
@@ -147,7 +151,7 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     assert f"[open in Colab]({colab}executed/00_a.ipynb)" in text  # the executed copy, outputs included
     assert f"[open in Colab]({colab}01_b.ipynb)" in text  # no copy yet: the lesson itself
     assert f"[open in Colab]({colab}executed/solutions/01_b_solutions.ipynb)" in text
-    assert f"[open in Colab]({colab}solutions/00_a_solutions.ipynb)" in text
+    assert f"[open in Colab]({colab}executed/solutions/00_a_solutions.ipynb)" in text
 
 
 def test_select_names_lessons_by_number_and_refuses_unknown_ones():
