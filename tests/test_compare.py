@@ -1,7 +1,8 @@
 """`python -m lowrank_lab compare`: matched budgets, resumable runs, every artifact, errors before any run."""
 
-import re
 import json
+import re
+import shutil
 
 import pytest
 
@@ -314,6 +315,16 @@ def test_report_readme_rewrites_only_between_its_markers(tmp_path, monkeypatch):
     assert "**0.005: 0.9000**" in text  # the selected rate, bold, with its validation accuracy
     assert "| lora |" in text and "Compute: 16 runs" in text  # 6 + 6 tuning runs (lora, full), seeds 1-2 of each
     assert "](results/s/lr_sensitivity.png)" in text
+    assert "rerun is in progress" not in text
+    # a rerun under way (a run folder results.json does not list, a listed run whose files changed) is said,
+    # so tables that are results.json's are not read as those folders'
+    runs = tmp_path / "results" / "s" / "runs"
+    shutil.copytree(runs / "lora-lr0.005-s1", runs / "lora-lr0.005-s3")
+    metrics = files.read_json(runs / "full-lr0.001-s2" / "metrics.json")
+    files.write_json(runs / "full-lr0.001-s2" / "metrics.json", {**metrics, "wall_time_s": metrics["wall_time_s"] + 1})
+    text = compare_module.write_readme_sections(readme=readme)
+    assert "**A rerun is in progress** (or left folders behind): 1 run folder(s) that results.json does not " \
+           "list and 1 whose metrics differ from its copy" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="the tables of results/s go between the lines"):
         compare_module.write_readme_sections(["results/s"], readme=readme)
