@@ -21,6 +21,8 @@ vocabulary: invariants and toy checks by PASS / FAIL / SKIP, study claims by out
 
 from __future__ import annotations
 
+import re
+
 from .runtime import SCALES, get_scale
 
 STATUSES = ("PASS", "FAIL", "SKIP")
@@ -203,8 +205,12 @@ def summary() -> dict[str, int]:
     print(f"\nchecks: {n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped (scale: {scale})")
     outcomes = outcome_counts()
     if outcomes:
+        judged = [f"{count} {outcome}" for outcome, count in outcomes.items() if outcome != ILLUSTRATION]
         print("claims about trained models (the committed studies' outcomes, Holm-adjusted): "
-              + ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items() if outcome != ILLUSTRATION)
+              + (", ".join(judged) if judged else "none in this notebook")
               + (f"; {outcomes[ILLUSTRATION]} illustration(s) from this notebook's own short runs"
                  if ILLUSTRATION in outcomes else ""))
+    studies = sorted({m for r in _RECORDS if r.get("kind") == "study" for m in re.findall(r"results/([\w.-]+)/", r["detail"])})
+    if studies:  # one line instead of the command in every row
+        print("the studies' full tables: " + ", ".join(f"`python -m lowrank_lab report results/{s}`" for s in studies))
     return n

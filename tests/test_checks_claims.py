@@ -256,6 +256,13 @@ def test_study_claims_print_the_studies_outcome_and_illustrations_are_never_judg
     claims.summary()
     out = capsys.readouterr().out
     assert "checks: 1 passed, 0 failed, 0 skipped" in out and "1 inconclusive, 2 no verdict; 1 illustration(s)" in out
+    # the command that shows a cited study's tables is printed once, not in every row
+    assert out.count("`python -m lowrank_lab report results/s`") == 1
+    claims.reset()
+    claims.illustration("one seed: X 0.81 vs Y 0.80", "128 steps")
+    claims.summary()
+    out = capsys.readouterr().out
+    assert "Holm-adjusted): none in this notebook; 1 illustration(s)" in out and "report results" not in out
     with pytest.raises(ValueError, match="no outcome"):
         claims.study({**row, "verdict_holm": "PASS"}, "s")
     claims.reset()
