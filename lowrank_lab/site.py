@@ -202,8 +202,8 @@ class LinkRewriter:
             return target
         path, _, fragment = target.partition("#")
         path = path.split("?", 1)[0]
-        repo_path = posixpath.normpath(posixpath.join(posixpath.dirname(self.page.source), path))
         source_dir = posixpath.dirname(self.page.source)
+        repo_path = posixpath.normpath(posixpath.join(source_dir, path))
         if source_dir.startswith("lessons/executed") and repo_path not in self.plan.routes \
                 and not (self.plan.root / repo_path).exists():
             # An executed copy keeps its source's text, whose relative links start from the source's folder

@@ -381,30 +381,34 @@ def outcome_line(row: dict | None, source: str) -> str:
     return f"{head}; {source}"
 
 
-def study_compute(folder: Path) -> tuple[int, float]:
+def run_metrics(folder: Path) -> dict[str, dict]:
+    """Every finished run of a study's folder: run folder name -> its metrics.json."""
+    return {m.parent.name: files.read_json(m) for m in sorted((Path(folder) / "runs").glob("*/metrics.json"))}
+
+
+def study_compute(folder: Path, metrics: dict[str, dict] | None = None) -> tuple[int, float]:
     """(run folders, summed wall time in seconds) of every finished run a study's folder holds: the compute it
-    cost, tuning grids included (runs went ``jobs`` at a time, so the elapsed time was less)."""
-    times = [files.read_json(m).get("wall_time_s") or 0.0 for m in sorted((Path(folder) / "runs").glob("*/metrics.json"))]
+    cost, tuning grids included (runs went ``jobs`` at a time, so the elapsed time was less). ``metrics``: the
+    folder's :func:`run_metrics`, when already read."""
+    times = [m.get("wall_time_s") or 0.0 for m in (run_metrics(folder) if metrics is None else metrics).values()]
     return len(times), sum(times)
 
 
-def unrecorded_runs(results: dict, folder: Path) -> tuple[list[str], list[str]]:
+def unrecorded_runs(results: dict, folder: Path, metrics: dict[str, dict] | None = None) -> tuple[list[str], list[str]]:
     """Run folders of a study that its results.json does not account for: (folders it does not list, as a reported
     run or a tuning configuration; listed reported runs whose metrics.json differs from the copy results.json
     holds). Either is a rerun in progress (or a folder left over from one): the tables are results.json's, not
-    theirs."""
+    theirs. ``metrics``: the folder's :func:`run_metrics`, when already read."""
     listed = {run["folder"]: run for run in results.get("runs", []) if run.get("folder")}
     tuned = {c["folder"] for t in (results.get("tuning") or {}).values()
              for c in (*t.get("lr_grid", []), *t.get("knob_grid", [])) if c.get("folder")}
     new, changed = [], []
-    for metrics_file in sorted((Path(folder) / "runs").glob("*/metrics.json")):
-        name = metrics_file.parent.name
+    for name, recorded in (run_metrics(folder) if metrics is None else metrics).items():
         if name not in listed and name not in tuned:
             new.append(name)
-        elif name in listed:
-            metrics, run = files.read_json(metrics_file), listed[name]
-            if any(metrics.get(key) != run.get(key) for key in ("test", "validation", "wall_time_s")):
-                changed.append(name)
+        elif name in listed and any(recorded.get(key) != listed[name].get(key)
+                                    for key in ("test", "validation", "wall_time_s")):
+            changed.append(name)
     return new, changed
 
 
@@ -426,7 +430,8 @@ def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     method forgot, the compute and the figures."""
     results = read_results(root / folder / "results.json")
     results["reproduction"] = reproduction_rows(results, root / folder)
-    runs, seconds = study_compute(root / folder)
+    metrics = run_metrics(root / folder)  # read once: the compute line and the rerun check both need them
+    runs, seconds = study_compute(root / folder, metrics)
     parts = [reproduction_markdown(results), markdown(results)]
     if results.get("tuning"):
         parts.append(tuning_markdown(results))
@@ -442,7 +447,7 @@ def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     compute += f" CPU kind of the reported runs: {', '.join(kinds)}."
     if results.get("exploratory"):
         compute += f" **Exploratory**: {results['exploratory']}"
-    new, changed = unrecorded_runs(results, root / folder)
+    new, changed = unrecorded_runs(results, root / folder, metrics)
     if new or changed:
         compute += (f" **A rerun is in progress** (or left folders behind): {len(new)} run folder(s) that "
                     f"results.json does not list and {len(changed)} whose metrics differ from its copy; every table "

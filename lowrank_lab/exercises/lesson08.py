@@ -101,11 +101,11 @@ def _judge_intruders(name: str, W0: torch.Tensor, W: torch.Tensor, max_cos, n_in
     want = np.asarray(reference["max_cos"])
     value = _numbers(max_cos)
     require(name, value is not None and value.shape == want.shape,
-             f"{where}max_cos must be {len(want)} numbers: one per top-{K} left singular vector of W")
+            f"{where}max_cos must be {len(want)} numbers: one per top-{K} left singular vector of W")
     if np.allclose(value, want, atol=1e-4):
         count = _numbers(n_intruders)
         require(name, count is not None and count.shape == () and float(count) == int(reference["count"]),
-                 f"{where}your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: "
+                f"{where}your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: "
                  "count them")
         return
     U0 = torch.linalg.svd(W0, full_matrices=False)[0]
@@ -134,11 +134,14 @@ def check_intruders(W0, W, max_cos, n_intruders=None) -> bool:
     name = "Exercise 1 (intruder dimensions by hand)"
     W0, W = (torch.as_tensor(x, dtype=torch.float64) for x in (W0, W))
     if callable(max_cos):
-        cases = ((((A0.clone(), A.clone()), where, (A0, A)) for A0, A, where in (
-            (W0, W, ""), (*intruder_exercise(seed=17),
-                          "right on the exercise's pair, but not on another one: use only the arguments; "))))
+        def cases():  # lazily: the unseen pair is built only once the answer was tried
+            yield (W0.clone(), W.clone()), "", (W0, W)
+            A0, A = intruder_exercise(seed=17)
+            yield ((A0.clone(), A.clone()), "right on the exercise's pair, but not on another one: use only the "
+                   "arguments; ", (A0, A))
+
         return judge_pair_function(
-            name, max_cos, cases, lambda got, where, pair: _judge_intruders(name, *pair, got[0], got[1], where),
+            name, max_cos, cases(), lambda got, where, pair: _judge_intruders(name, *pair, got[0], got[1], where),
             "things: (max_cos, count)", functions=_forgetting_functions(),
             names={"intruders_teaching": "the lesson's intruders_teaching"}, rule="use torch.linalg.svd")
     if not_attempted(name, max_cos, n_intruders):
@@ -176,7 +179,7 @@ def _judge_update_ranks(name: str, delta: torch.Tensor, effective_rank, energy_r
         _fail(name, f"{where}p_i = sigma_i / sum(sigma), then exp(-sum p_i log p_i) over the non-zero singular values")
     energy = _numbers(energy_rank_90)
     require(name, energy is not None and energy.shape == () and float(energy) == int(reference["energy_rank_90"]),
-             f"{where}your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
+            f"{where}your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
              "accumulate, and find the fewest whose sum reaches 90% of ||dW||_F^2")
 
 
@@ -194,11 +197,14 @@ def check_update_ranks(delta, effective_rank, energy_rank_90=None) -> bool:
     name = "Exercise 2 (the shape of an update)"
     delta = torch.as_tensor(delta, dtype=torch.float64)
     if callable(effective_rank):
-        cases = (((matrix.clone(),), where, matrix) for matrix, where in (
-            (delta, ""), (update_exercise(**_HIDDEN_UPDATE), "right on the exercise's update, but not on another one "
-                                                              "(25 x 18, rank 4): use only the argument; ")))
+        def cases():  # lazily: the unseen update is built only once the answer was tried
+            yield (delta.clone(),), "", delta
+            hidden = update_exercise(**_HIDDEN_UPDATE)
+            yield (hidden.clone(),), ("right on the exercise's update, but not on another one (25 x 18, rank 4): use "
+                                      "only the argument; "), hidden
+
         return judge_pair_function(
-            name, effective_rank, cases,
+            name, effective_rank, cases(),
             lambda got, where, matrix: _judge_update_ranks(name, matrix, got[0], got[1], where),
             "things: (effective_rank, rank_90)", functions=_forgetting_functions(),
             names={"update_ranks": "the lesson's update_ranks"}, rule="use torch.linalg.svdvals and the definitions")
@@ -221,12 +227,12 @@ def build_exercise(seed: int = 0) -> tuple[torch.Tensor, float]:
 def _rank_one(name: str, which: str, answer, W0: torch.Tensor, norm: float) -> torch.Tensor:
     value = _numbers(answer)
     require(name, value is not None and value.shape == tuple(W0.shape), f"{which} must be a matrix of W0's shape "
-             f"{tuple(W0.shape)}")
+            f"{tuple(W0.shape)}")
     delta = torch.from_numpy(value)
     s = torch.linalg.svdvals(delta)
     require(name, s[0] > 0 and s[1] <= 1e-6 * s[0], f"{which} must have rank 1: an outer product c * outer(u, v)")
     require(name, abs(float(s[0]) - norm) <= 0.01 * norm, f"{which} must have Frobenius norm {norm:.4g} (within 1%): "
-             "||c u v^T||_F = |c| ||u|| ||v||")
+            "||c u v^T||_F = |c| ||u|| ||v||")
     return delta
 
 
@@ -242,10 +248,10 @@ def check_built_updates(W0, norm, kept, intruder) -> bool:
     a = _rank_one(name, "kept", kept, W0, norm)
     b = _rank_one(name, "intruder", intruder, W0, norm)
     require(name, forgetting.intruder_dimensions(W0, W0 + a, k=K, epsilons=(EPSILON,))["count"] == 0,
-             "W0 + kept has an intruder: put the change along W0's own singular directions (one of them, or a mix of "
+            "W0 + kept has an intruder: put the change along W0's own singular directions (one of them, or a mix of "
              "at most three, whose max |cos| stays >= 1/sqrt(3))")
     require(name, forgetting.intruder_dimensions(W0, W0 + b, k=K, epsilons=(EPSILON,))["count"] >= 1,
-             "W0 + intruder has none: its new top output direction must be one that no single left singular vector "
+            "W0 + intruder has none: its new top output direction must be one that no single left singular vector "
              "of W0 owns (spread evenly over many of them), read from an input direction W0 itself barely uses (so "
              "it does not mix with W0's own top outputs)")
     return passed(name, True, "")
@@ -283,7 +289,7 @@ def _judge_off_subspace(name: str, matrices: dict, lora_fraction, lora_pro_fract
     want = (_off_fraction(lora, basis), _off_fraction(pro, basis))
     values = [_numbers(lora_fraction), _numbers(lora_pro_fraction)]
     require(name, all(v is not None and v.shape == () for v in values),
-             f"{where}give two numbers, one per equivalent gradient")
+            f"{where}give two numbers, one per equivalent gradient")
     values = [float(v) for v in values]
     squared = [w * w for w in want]
     inside = [math.sqrt(max(0.0, 1 - w * w)) for w in want]
@@ -312,12 +318,19 @@ def check_off_subspace(matrices: dict, lora_fraction, lora_pro_fraction=None) ->
 
         functions = {f"lrl.{f.__name__}": f for f in (lora_pro.equivalent_gradient, lora_pro.adjusted_gradients,
                                                        lora_pro.solve_sylvester)}
-        cases = ((tuple(mats[key].clone() for key in ("A", "B", "G", "basis")) + (mats["s"],), where, mats)
-                 for mats, where in ((matrices, ""), (projection_exercise(seed=29), "right on the exercise's matrices, "
-                                                      "but not on another set: use only the arguments; ")))
+        def args(mats):
+            return tuple(mats[key].clone() for key in ("A", "B", "G", "basis")) + (mats["s"],)
+
+        def cases():  # lazily: the unseen set is built only once the answer was tried
+            yield args(matrices), "", matrices
+            hidden = projection_exercise(seed=29)
+            yield args(hidden), ("right on the exercise's matrices, but not on another set: use only the "
+                                 "arguments; "), hidden
+
         return judge_pair_function(
-            name, lora_fraction, cases, lambda got, where, mats: _judge_off_subspace(name, mats, got[0], got[1], where),
-            "things: (lora, lora_pro)", functions=functions, rule="form both equivalent gradients with tensor operations")
+            name, lora_fraction, cases(),
+            lambda got, where, mats: _judge_off_subspace(name, mats, got[0], got[1], where), "things: (lora, lora_pro)",
+            functions=functions, rule="form both equivalent gradients with tensor operations")
     if not_attempted(name, lora_fraction, lora_pro_fraction):
         return False
     _judge_off_subspace(name, matrices, lora_fraction, lora_pro_fraction)
