@@ -21,8 +21,6 @@ vocabulary: invariants and toy checks by PASS / FAIL / SKIP, study claims by out
 
 from __future__ import annotations
 
-import re
-
 from .runtime import SCALES, get_scale
 
 STATUSES = ("PASS", "FAIL", "SKIP")
@@ -88,13 +86,16 @@ def _record(record: "ClaimRecord") -> "ClaimRecord":
     return record
 
 
-def study(row: dict | None, source: str, name: str | None = None) -> dict:
+def study(row: dict | None, source: str, name: str | None = None, *, study: str | None = None) -> dict:
     """Record what the committed studies say of a claim about a trained model (a row of
     ``lowrank_lab.compare.study_claim``): its Holm-adjusted outcome as the status, the outcome alone, the interval
-    and the study in the detail. ``row`` None: "no verdict", with ``source`` saying why."""
+    and the study in the detail. ``row`` None: "no verdict", with ``source`` saying why. ``study``: the folder name
+    under results/ that judged it (default: the row's ``study``, which ``study_claim`` sets), so :func:`summary`
+    can name each cited study's report command once."""
+    study = study or (row or {}).get("study")
     if row is None:
         record = ClaimRecord(name=name or "claim about a trained model", status="no verdict", detail=source,
-                             min_scale="smoke", scale=get_scale(), must_hold=False, kind="study")
+                             min_scale="smoke", scale=get_scale(), must_hold=False, kind="study", study=study)
         return _record(record)
     if row.get("verdict_holm") not in OUTCOMES:
         raise ValueError(f"study row of {row.get('claim')!r} has no outcome of {OUTCOMES}: {row.get('verdict_holm')!r}")
@@ -105,7 +106,7 @@ def study(row: dict | None, source: str, name: str | None = None) -> dict:
         detail += f"; difference {row['difference']:+.4f}, 95% CI [{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}]"
     record = ClaimRecord(name=name or f"{row['claim']} ({row['paper']})", status=row["verdict_holm"],
                          detail=f"{detail}; {source}", min_scale="smoke", scale=get_scale(), must_hold=False,
-                         kind="study")
+                         kind="study", study=study)
     return _record(record)
 
 
@@ -210,7 +211,7 @@ def summary() -> dict[str, int]:
               + (", ".join(judged) if judged else "none in this notebook")
               + (f"; {outcomes[ILLUSTRATION]} illustration(s) from this notebook's own short runs"
                  if ILLUSTRATION in outcomes else ""))
-    studies = sorted({m for r in _RECORDS if r.get("kind") == "study" for m in re.findall(r"results/([\w.-]+)/", r["detail"])})
+    studies = sorted({r["study"] for r in _RECORDS if r.get("study")})
     if studies:  # one line instead of the command in every row
         print("the studies' full tables: " + ", ".join(f"`python -m lowrank_lab report results/{s}`" for s in studies))
     return n

@@ -241,7 +241,7 @@ def test_rerun_replaces_record_and_summary_table(capsys):
 def test_study_claims_print_the_studies_outcome_and_illustrations_are_never_judged(capsys):
     claims.reset()
     row = {"claim": "X beats Y", "paper": "P", "verdict_holm": "inconclusive", "verdict": "reproduced",
-           "difference": 0.012, "ci95": [0.001, 0.023], "reason": None}
+           "difference": 0.012, "ci95": [0.001, 0.023], "reason": None, "study": "s"}
     claims.study(row, "results/s/")
     claims.study({**row, "claim": "Z", "verdict_holm": "no verdict", "verdict": "no verdict",
                   "reason": "Z did not learn"}, "results/s/")
@@ -258,6 +258,11 @@ def test_study_claims_print_the_studies_outcome_and_illustrations_are_never_judg
     assert "checks: 1 passed, 0 failed, 0 skipped" in out and "1 inconclusive, 2 no verdict; 1 illustration(s)" in out
     # the command that shows a cited study's tables is printed once, not in every row
     assert out.count("`python -m lowrank_lab report results/s`") == 1
+    # the study is a field of the record (from the row, or named), never parsed from the detail text
+    claims.study({**row, "study": None}, "see results/not-a-study/ for more", name="V", study="t")
+    claims.summary()
+    out = capsys.readouterr().out
+    assert "report results/t`" in out and "not-a-study" not in out.split("the studies' full tables")[1]
     claims.reset()
     claims.illustration("one seed: X 0.81 vs Y 0.80", "128 steps")
     claims.summary()

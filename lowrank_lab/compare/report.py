@@ -363,7 +363,7 @@ def study_claim(method: str, baseline: str, kind: str = "better", names=SENTIMEN
         for row in rows or []:
             if (row["method"], row["baseline"], row["kind"]) == (method, baseline, kind):
                 results = committed_results(name)
-                return row, (f"results/{name}/ ({results['seeds']} seeds at each method's tuned rate, "
+                return {**row, "study": name}, (f"results/{name}/ ({results['seeds']} seeds at each method's tuned rate, "
                              f"{results['metric']} on test)")  # claims.summary names the command once
     return None, f"no committed study in this checkout judged {method} vs {baseline} ({kind})"
 
