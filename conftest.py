@@ -10,7 +10,7 @@ def pytest_configure(config):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Spinning OpenMP workers make small tensor ops 10-100x slower when the 2 cores are shared.
+    # Spinning OpenMP workers made a training step 2.0x slower when the 2 cores were shared (benchmarks/contended.py).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Executed lesson copies (python -m lowrank_lab lessons --execute) are outputs, checked against their sources by

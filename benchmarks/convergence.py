@@ -38,13 +38,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def settle_step(evals: list[dict], tolerance: float) -> tuple[int, int]:
-    """(step of the lowest validation loss, first step whose loss is within ``tolerance`` of it)."""
-    best = min(evals, key=lambda e: e["loss"])
-    first = next(e for e in evals if e["loss"] <= best["loss"] * (1 + tolerance))
-    return best["step"], first["step"]
-
-
 def plot(out: Path, tolerance: float) -> None:
     import matplotlib
 
@@ -52,6 +45,7 @@ def plot(out: Path, tolerance: float) -> None:
     import matplotlib.pyplot as plt
 
     from lowrank_lab import files
+    from lowrank_lab.compare import convergence_lines, settle_step
     from lowrank_lab.plotting import method_color
 
     curves = {path.stem: files.read_json(path) for path in sorted(out.glob("*.json"))}
@@ -68,13 +62,11 @@ def plot(out: Path, tolerance: float) -> None:
             line, = ax.plot(steps, [e["loss"] for e in curve["evals"]], marker="o", ms=3,
                             color=method_color(curve["method"]), ls="--" if short else "-",
                             label=f"{curve['method']} (lr {curve['lr']:g}, {curve['steps']}-step schedule)")
-            best, settled = settle_step(curve["evals"], tolerance)
-            ax.axvline(settled, color=line.get_color(), ls=":", lw=1)
-            print(f"{name}: lowest validation loss at step {best}; within {tolerance:.0%} of it from step {settled} "
-                  f"(of {curve['steps']}; {curve['n_train']} training rows, batch {curve['batch_size']})")
+            ax.axvline(settle_step(curve["evals"], tolerance)[1], color=line.get_color(), ls=":", lw=1)
         ax.set(title=f"{task}: validation loss (dotted: within {tolerance:.0%} of the lowest)", xlabel="optimizer step",
                ylabel="validation cross-entropy")
         ax.legend(loc="upper right")
+    print("\n".join(convergence_lines(out, tolerance)))
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     print(f"wrote {out / 'curves.png'}")
@@ -86,6 +78,7 @@ def main(argv=None) -> int:
         plot(args.out, args.tolerance)
         return 0
     from lowrank_lab import experiment, files
+    from lowrank_lab.compare import settle_step
 
     overrides = {"max_steps": args.steps, "eval_every": args.eval_every, "max_train": args.max_train}
     if args.lr is not None:

@@ -385,3 +385,26 @@ def test_lessons_pair_the_studys_test_values_and_fall_back_to_their_own_runs(tmp
     assert "this notebook's runs (seeds [0])" in source and "no committed study" in source
     values, _, source = compare_module.multi_seed_evidence(["bone", "lora"], own, use_committed=False, names=("newer",))
     assert values == {"bone": {}, "lora": {0: 0.50}} and "no committed study" not in source
+
+
+def test_settle_step_finds_the_lowest_loss_and_where_it_levels():
+    evals = [{"step": 64, "loss": 1.0}, {"step": 128, "loss": 0.5}, {"step": 192, "loss": 0.404},
+             {"step": 256, "loss": 0.40}, {"step": 320, "loss": 0.41}]
+    assert compare_module.settle_step(evals, 0.01) == (256, 192)
+    assert compare_module.settle_step(evals, 0.0) == (256, 256)
+    with pytest.raises(ValueError, match="evals"):
+        compare_module.settle_step([])
+
+
+def test_the_committed_convergence_curves_settle_where_the_readme_and_lesson_06_say():
+    # README "The comparison" and lesson 06 state where LoRA's and full FT's validation loss settle: by step 512 on
+    # sentiment, only at 704 on trec (so trec's 512-step budget stops a little short of the loss plateau)
+    folder = compare_module.RESULTS_DIR / "convergence"
+    if not folder.exists():
+        pytest.skip("results/convergence is not in this checkout")
+    settled = {path.stem: compare_module.settle_step(files.read_json(path)["evals"])[1]
+               for path in folder.glob("*.json") if not path.stem.endswith("-s384")}
+    assert {k: v for k, v in settled.items() if k.startswith("sentiment")} and \
+        all(v <= 512 for k, v in settled.items() if k.startswith("sentiment"))
+    assert settled["trec-lora"] == settled["trec-full"] == 704
+    assert len(compare_module.convergence_lines(folder)) == len(list(folder.glob("*.json")))

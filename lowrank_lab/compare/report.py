@@ -342,6 +342,29 @@ def multi_seed_evidence(methods, own_runs: list[dict], use_committed: bool = Tru
 _ROWS_CACHE: dict = {}
 
 
+def settle_step(evals: list[dict], tolerance: float = 0.01) -> tuple[int, int]:
+    """(step of the lowest validation loss, first step whose loss is within ``tolerance`` of it) of a training curve's
+    evaluations (``[{"step": ..., "loss": ...}, ...]``): how long a budget must be for the loss to have levelled."""
+    if not evals:
+        raise ValueError("evals must hold at least one evaluation, got none")
+    best = min(evals, key=lambda e: e["loss"])
+    first = next(e for e in evals if e["loss"] <= best["loss"] * (1 + tolerance))
+    return best["step"], first["step"]
+
+
+def convergence_lines(folder: Path = RESULTS_DIR / "convergence", tolerance: float = 0.01) -> list[str]:
+    """One line per committed curve of ``benchmarks/convergence.py`` (``folder/*.json``): where its validation loss is
+    lowest and from which step it stays within ``tolerance`` of that (what the cpu budget's length rests on)."""
+    lines = []
+    for path in sorted(Path(folder).glob("*.json")):
+        curve = files.read_json(path)
+        best, settled = settle_step(curve["evals"], tolerance)
+        lines.append(f"{path.stem}: lowest validation loss at step {best}; within {tolerance:.0%} of it from step "
+                     f"{settled} (of {curve['steps']}; lr {curve['lr']:g}; {curve['n_train']} training rows, batch "
+                     f"{curve['batch_size']})")
+    return lines
+
+
 def study_rows(name: str) -> list[dict] | None:
     """The reproduction rows of the committed study ``results/<name>`` with today's statistics (the verdicts the
     README shows), or None when this checkout does not have it. Computed once per process."""
