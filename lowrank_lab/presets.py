@@ -61,8 +61,8 @@ TUNED_RATES = {
     "sentiment": {
         "results": "results/study-sentiment-minilm-cpu/results.json",
         "command": "python -m lowrank_lab compare --task sentiment --scale cpu --seeds 5 --tune-lr --jobs 2 --out results/study-sentiment-minilm-cpu --quiet",
-        "lr": {"bat": 0.001, "bone": 0.001, "full": 0.0002, "gelora": 0.002, "lora": 0.002, "lora-pro": 0.0005, "lora-pro-efficient": 0.002, "rslora": 0.001, "xgblora": 0.02},
-        "options": {"xgblora": {"blocks_per_round": 2, "steps_per_round": 16}},
+        "lr": {"bat": 0.001, "bone": 0.001, "dora": 0.002, "full": 0.0002, "gelora": 0.002, "lora": 0.002, "lora-pro": 0.0005, "lora-pro-efficient": 0.002, "rslora": 0.001, "xgblora": 0.02},
+        "options": {},
     },
 }
 
