@@ -33,7 +33,7 @@ def test_an_executed_copy_names_its_run_and_catches_drift(tmp_path, monkeypatch)
     copy = tmp_path / "executed" / source.name
     executed = json.loads(copy.read_text())
     assert record["scale"] == "smoke" and record["commit"] == "0123456789abcdef" and record["wall_time_s"] > 0
-    assert record["load_before"] >= 0  # how busy the machine was when it started (the time's context)
+    assert record["load_before"] >= 0 and (record["other_load"] is None or record["other_load"] >= 0)
     header = "".join(executed["cells"][0]["source"])
     assert "commit `0123456789ab`" in header and "scale `smoke`" in header
     assert "".join(executed["cells"][1]["outputs"][0]["text"]).strip() == "smoke"  # ran at the scale it names
@@ -130,9 +130,10 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     timings.write_text(json.dumps({"00_a": {"wall_time_s": 90.0, "scale": "cpu", "cpu_count": 2,
                                             "commit": "abcdef1234567890"},
                                    "01_b_solutions": {"wall_time_s": 30.0, "scale": "cpu", "cpu_count": 2,
-                                                      "commit": "1234567890abcdef", "load_before": 0.1},
+                                                      "commit": "1234567890abcdef", "other_load": 0.1},
                                    "00_a_solutions": {"wall_time_s": 600.0, "scale": "cpu", "cpu_count": 2,
-                                                      "commit": "1234567890abcdef", "load_before": 2.04}}))
+                                                      "commit": "1234567890abcdef", "other_load": 2.04,
+                                                      "load_before": 3.0}}))
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "x"\n')
     text = notebooks.write_runtime_table(readme, timings, pyproject)
@@ -140,7 +141,7 @@ def test_the_runtime_table_comes_from_the_timings(tmp_path):
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| 0")]
     assert rows == ["| 00_a", "| 01_b", "| 00_a_solutions", "| 01_b_solutions"]  # the lessons, then the solutions
     # a time measured while other work shared the CPU says so (load 0.1: an idle machine's noise, not said)
-    assert "| 00_a_solutions | 10.0 min (machine busy: load 2.0 when it started) | cpu |" in text
+    assert "| 00_a_solutions | 10.0 min (machine busy: other work used 2.0 cores on average) | cpu |" in text
     assert "| 01_b_solutions | 0.5 min | cpu | 2 | `1234567890ab` | [executed/solutions/01_b_solutions.ipynb]" \
            "(executed/solutions/01_b_solutions.ipynb) |" in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
@@ -247,3 +248,17 @@ def test_sync_prose_updates_text_cells_only_and_refuses_changed_code(tmp_path, m
     with pytest.raises(ValueError, match="code changed"):
         notebooks.sync_prose(source, tmp_path / "executed")
     assert copy.read_text() == before  # refused before anything was written
+
+
+def test_other_load_is_the_machines_cpu_time_minus_ours(monkeypatch):
+    # other processes' cores on average = (machine CPU seconds - this process tree's) / wall; never negative; None
+    # where the machine's CPU time cannot be read. The 1-min load average it replaces counted the previous notebook.
+    monkeypatch.setattr(notebooks, "_cpu_seconds_all", lambda: 130.0)
+    monkeypatch.setattr(notebooks, "_cpu_seconds_own", lambda: 58.0)
+    assert notebooks.other_load(100.0, 40.0, 10.0) == 1.2  # 30 s in all, 18 of them ours, over 10 s
+    assert notebooks.other_load(125.0, 40.0, 10.0) == 0.0  # our share can exceed the tick-rounded total: clamp
+    assert notebooks.other_load(None, 40.0, 10.0) is None
+    assert notebooks._cpu_seconds_own() == 58.0
+    monkeypatch.undo()
+    all_now, own_now = notebooks._cpu_seconds_all(), notebooks._cpu_seconds_own()
+    assert own_now > 0 and (all_now is None or all_now > 0)  # readable here, or None off Linux
