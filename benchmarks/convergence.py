@@ -45,7 +45,7 @@ def plot(out: Path, tolerance: float) -> None:
     import matplotlib.pyplot as plt
 
     from lowrank_lab import files
-    from lowrank_lab.compare import convergence_lines, settle_step
+    from lowrank_lab.compare import convergence_line, settle_step
     from lowrank_lab.plotting import method_color
 
     curves = {path.stem: files.read_json(path) for path in sorted(out.glob("*.json"))}
@@ -66,7 +66,7 @@ def plot(out: Path, tolerance: float) -> None:
         ax.set(title=f"{task}: validation loss (dotted: within {tolerance:.0%} of the lowest)", xlabel="optimizer step",
                ylabel="validation cross-entropy")
         ax.legend(loc="upper right")
-    print("\n".join(convergence_lines(out, tolerance)))
+    print("\n".join(convergence_line(name, curve, tolerance) for name, curve in curves.items()))  # the curves read above
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     print(f"wrote {out / 'curves.png'}")

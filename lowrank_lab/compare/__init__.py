@@ -15,10 +15,10 @@ README sections, committed studies), ``study`` (``compare()`` itself).
 """
 
 from .budget import _trainable, plan
-from .report import (CSV_FIELDS, README, RESULTS_DIR, SENTIMENT_STUDIES, _protocol_text, committed_results, convergence_lines,
-                     first_committed_study, forgetting_markdown, markdown, method_order, multi_seed_evidence, outcome_line,
-                     readme_folders, readme_markers, readme_section, reproduction_markdown, settle_step, study_claim, study_compute,
-                     study_rows, test_table,
+from .report import (CSV_FIELDS, README, RESULTS_DIR, SENTIMENT_STUDIES, _protocol_text, committed_results,
+                     convergence_line, convergence_lines, first_committed_study, forgetting_markdown, markdown,
+                     method_order, multi_seed_evidence, outcome_line, readme_folders, readme_markers, readme_section,
+                     reproduction_markdown, settle_step, study_claim, study_compute, study_rows, test_table,
                      tuning_markdown, write_outputs, write_readme_sections, write_reports)
 from .runs import FolderBusy, FolderLock, RunKey, RunPool, _run_dir, check_run_files, train_arguments
 from .study import HEAD_LR, _lr_source, chance_levels, command_line, compare

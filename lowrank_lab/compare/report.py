@@ -352,17 +352,17 @@ def settle_step(evals: list[dict], tolerance: float = 0.01) -> tuple[int, int]:
     return best["step"], first["step"]
 
 
+def convergence_line(name: str, curve: dict, tolerance: float = 0.01) -> str:
+    """Where one curve of ``benchmarks/convergence.py`` has its lowest validation loss and from which step it stays
+    within ``tolerance`` of it."""
+    best, settled = settle_step(curve["evals"], tolerance)
+    return (f"{name}: lowest validation loss at step {best}; within {tolerance:.0%} of it from step {settled} (of "
+            f"{curve['steps']}; lr {curve['lr']:g}; {curve['n_train']} training rows, batch {curve['batch_size']})")
+
+
 def convergence_lines(folder: Path = RESULTS_DIR / "convergence", tolerance: float = 0.01) -> list[str]:
-    """One line per committed curve of ``benchmarks/convergence.py`` (``folder/*.json``): where its validation loss is
-    lowest and from which step it stays within ``tolerance`` of that (what the cpu budget's length rests on)."""
-    lines = []
-    for path in sorted(Path(folder).glob("*.json")):
-        curve = files.read_json(path)
-        best, settled = settle_step(curve["evals"], tolerance)
-        lines.append(f"{path.stem}: lowest validation loss at step {best}; within {tolerance:.0%} of it from step "
-                     f"{settled} (of {curve['steps']}; lr {curve['lr']:g}; {curve['n_train']} training rows, batch "
-                     f"{curve['batch_size']})")
-    return lines
+    """:func:`convergence_line` of every committed curve (``folder/*.json``): what the cpu budget's length rests on."""
+    return [convergence_line(path.stem, files.read_json(path), tolerance) for path in sorted(Path(folder).glob("*.json"))]
 
 
 def study_rows(name: str) -> list[dict] | None:

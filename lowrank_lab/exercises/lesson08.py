@@ -106,7 +106,7 @@ def _judge_intruders(name: str, W0: torch.Tensor, W: torch.Tensor, max_cos, n_in
         count = _numbers(n_intruders)
         require(name, count is not None and count.shape == () and float(count) == int(reference["count"]),
                 f"{where}your max_cos is right; an intruder is a vector whose max |cos| is below epsilon = {EPSILON}: "
-                 "count them")
+                "count them")
         return
     U0 = torch.linalg.svd(W0, full_matrices=False)[0]
     U, _, Vh = torch.linalg.svd(W, full_matrices=False)
@@ -180,7 +180,7 @@ def _judge_update_ranks(name: str, delta: torch.Tensor, effective_rank, energy_r
     energy = _numbers(energy_rank_90)
     require(name, energy is not None and energy.shape == () and float(energy) == int(reference["energy_rank_90"]),
             f"{where}your effective rank is right. For the 90% rank: sort the squared singular values (the energy), "
-             "accumulate, and find the fewest whose sum reaches 90% of ||dW||_F^2")
+            "accumulate, and find the fewest whose sum reaches 90% of ||dW||_F^2")
 
 
 # An update of another spectrum and shape on which a function answer must be right too (not shown in the lesson).
@@ -249,11 +249,11 @@ def check_built_updates(W0, norm, kept, intruder) -> bool:
     b = _rank_one(name, "intruder", intruder, W0, norm)
     require(name, forgetting.intruder_dimensions(W0, W0 + a, k=K, epsilons=(EPSILON,))["count"] == 0,
             "W0 + kept has an intruder: put the change along W0's own singular directions (one of them, or a mix of "
-             "at most three, whose max |cos| stays >= 1/sqrt(3))")
+            "at most three, whose max |cos| stays >= 1/sqrt(3))")
     require(name, forgetting.intruder_dimensions(W0, W0 + b, k=K, epsilons=(EPSILON,))["count"] >= 1,
             "W0 + intruder has none: its new top output direction must be one that no single left singular vector "
-             "of W0 owns (spread evenly over many of them), read from an input direction W0 itself barely uses (so "
-             "it does not mix with W0's own top outputs)")
+            "of W0 owns (spread evenly over many of them), read from an input direction W0 itself barely uses (so "
+            "it does not mix with W0's own top outputs)")
     return passed(name, True, "")
 
 
