@@ -482,6 +482,41 @@ def run_report(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- backfill
+
+
+def add_backfill_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "backfill", help="add the forgetting measures to a study's older runs, keeping only exact reproductions",
+        description="Re-train each finished run in FOLDER/runs whose metrics.json lacks retained/intruders (the "
+                    "forgetting measures) and replace its folder only if the re-trained run reproduces the recorded "
+                    "one exactly (every logged loss, evaluation and setting); a run that does not is kept as it was "
+                    "and recorded as not reproduced. Progress in FOLDER/backfill.json; run again to go on.")
+    p.add_argument("folder", type=Path, help="a compare output folder (holds runs/)")
+    p.add_argument("--jobs", type=_int_at_least(1, "a positive int <= 64", 64), default=1,
+                   help="runs at a time, each a process with cpu_count/jobs threads (default 1)")
+    p.add_argument("--limit", type=_int_at_least(1, "a positive int"), default=None,
+                   help="re-train at most this many runs this time (default: all that lack the measures)")
+    p.add_argument("--retry", action="store_true", help="also retry runs recorded as not reproduced")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_backfill)
+    return p
+
+
+def run_backfill(args) -> int:
+    from lowrank_lab.compare.backfill import backfill
+
+    try:
+        done = backfill(args.folder, jobs=args.jobs, limit=args.limit, retry=args.retry,
+                        show_progress=not args.quiet)
+    except ValueError as err:  # not a study folder, a run without its settings, a folder in use
+        raise UsageError(str(err)) from None
+    print(f"{len(done['added'])} run(s) re-trained and reproduced exactly (measures added), "
+          f"{len(done['not_reproduced'])} not reproduced (kept as they were), {len(done['failed'])} failed; "
+          f"{len(done['left'])} still without the measures")
+    return TRAINING_FAILED if done["not_reproduced"] or done["failed"] else 0
+
+
 # ---------------------------------------------------------------------------------------------- lessons
 
 
@@ -566,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_compare_parser(subparsers)
     add_report_parser(subparsers)
+    add_backfill_parser(subparsers)
     add_lessons_parser(subparsers)
     add_site_parser(subparsers)
     return parser

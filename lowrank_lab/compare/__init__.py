@@ -11,7 +11,8 @@ summary, the verdicts), ``results.csv``, ``table.md``, ``reproduction.md``, ``fo
 
 The package's modules, one per concern: ``budget`` (matching), ``runs`` (run folders, checks, the pool, the folder
 lock), ``tuning`` (grids, selection, seeds), ``verdicts`` (the reproduction table), ``report`` (tables, figures,
-README sections, committed studies), ``study`` (``compare()`` itself).
+README sections, committed studies), ``study`` (``compare()`` itself), ``backfill`` (the forgetting measures for runs
+made before them, kept only where a re-training reproduces the run).
 """
 
 from .budget import _trainable, plan

@@ -1,0 +1,180 @@
+"""Forgetting measures for run folders made before they existed: ``python -m lowrank_lab backfill FOLDER``.
+
+A run folder keeps neither the fine-tuned encoder (what retained capability probes) nor its weights (what the
+intruder count reads), so a finished run without ``retained`` / ``intruders`` can only get them by training it
+again. The re-trained run's measures are added to the old run's metrics.json **only when it reproduces the run**:
+the same recorded settings, the same steps and learning rates, exactly the same validation and test accuracy (at
+every evaluation and at the end: the numbers a study selects and reports on), and every logged loss within
+:data:`LOSS_TOLERANCE` relative. Bit-identical losses are not required: a run made on another CPU kind (AVX2 vs
+AVX-512 kernels round differently) or another library version differs in the 7th digit of its first loss already,
+and the difference grows with the steps. Everything else of the old run stays as it was (its history, its numbers, the study's selection made from
+them), and ``forgetting_source`` says where the measures came from and how close the re-training came. A run that
+does not reproduce is left untouched, reported with its first differences and recorded as ``not reproduced``.
+
+Progress is recorded run by run in ``FOLDER/backfill.json`` (strict JSON, written atomically), so the command can be
+stopped and run again: it goes on with the runs not yet done, and skips those recorded as not reproduced unless
+``retry``. One at a time per folder, with ``compare`` too (:class:`.runs.FolderLock`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lowrank_lab import files
+
+from .runs import FolderLock, _recorded, _train_in_subprocess
+
+RECORD_FILE = "backfill.json"
+WORK_FOLDER = ".backfill"  # inside FOLDER: a re-trained run lives here until it is checked (gitignored)
+MEASURES = ("retained", "intruders")
+# Fields compared between the recorded run and its re-training: history.json's record of the training (every
+# logged loss and rate, every evaluation) and the numbers metrics.json reports.
+SAME_HISTORY = ("status", "step", "train_loss", "lr", "skipped_steps", "evals", "final")
+SAME_METRICS = ("status", "metric", "metric_value", "test_metric_value", "final_train_loss", "trainable_params",
+                "total_params", "run_spec")
+# Losses may differ by this much (relative) between a run and its reproduction. Measured on a trec Bone run (seed 0,
+# rate 2e-3) re-trained on another CPU kind: 7e-8 at its first logged loss, at most 5.7e-4 over its 512 steps (the
+# difference grows as training goes on), every accuracy identical; its five other seeds' final validation losses
+# differ from its own by 3-12%.
+LOSS_TOLERANCE = 1e-2
+
+
+def missing_measures(run_dir: Path) -> bool:
+    """True for a finished (``ok``) run whose metrics.json lacks a forgetting measure (diverged and failed runs
+    have no trained model to measure)."""
+    metrics, _ = _recorded(run_dir)
+    return (metrics is not None and metrics.get("status", "ok") == "ok"
+            and any(metrics.get(k) is None for k in MEASURES))
+
+
+def _train_arguments_of(metrics: dict) -> dict:
+    """The settings to train a recorded run again, read from its ``run_spec``."""
+    spec = metrics.get("run_spec")
+    if not isinstance(spec, dict):
+        raise ValueError("metrics.json has no run_spec (made by an older lowrank-lab): its settings are unknown")
+    options, preset = spec.get("options") or {}, spec.get("preset") or {}
+    return {"method": spec["method"], "task_name": spec["task"], "model_name": spec["model"],
+            "scale": spec["scale"], "seed": spec["seed"], "r": options.get("r", 8), "lr": preset.get("lr"),
+            "extra": dict(options.get("extra") or {}), "head_lr": preset.get("head_lr")}
+
+
+def differences(old_dir: Path, new_dir: Path) -> tuple[list[str], float]:
+    """(what keeps the re-trained run in ``new_dir`` from reproducing the one in ``old_dir``, the largest relative
+    difference of any logged loss): every compared field equal, except losses, which may differ by
+    :data:`LOSS_TOLERANCE` relative. An empty list: reproduced."""
+    found, worst = [], 0.0
+    for name, keys in (("history.json", SAME_HISTORY), ("metrics.json", SAME_METRICS)):
+        try:
+            old, new = files.read_json(old_dir / name), files.read_json(new_dir / name)
+        except (OSError, ValueError) as err:
+            return [f"{name}: {err}"], float("inf")
+        for key in keys:
+            for where, a, b, relative in _walk(old.get(key, "<absent>"), new.get(key, "<absent>"), key):
+                if relative > LOSS_TOLERANCE:
+                    found.append(f"{name} {where}: {a!r} (recorded) vs {b!r} (re-trained)")
+                else:
+                    worst = max(worst, relative)
+    return found, worst
+
+
+def _walk(a, b, where: str, loss: bool = False):
+    """(where, a, b, how far apart) for each leaf where two JSON values differ: the relative difference for a loss
+    (under a key naming one, at any depth), infinite for anything else."""
+    loss = loss or "loss" in where.rsplit(".", 1)[-1]
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{where}.{key}", loss)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from _walk(x, y, f"{where}[{i}]", loss)
+    elif a != b:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        yield where, a, b, abs(a - b) / max(abs(a), abs(b), 1e-12) if loss and numbers else float("inf")
+
+
+def _add_measures(run_dir: Path, retrained: dict, entry: dict) -> None:
+    """The re-training's forgetting measures into the old run's metrics.json (written atomically), with where they
+    came from; everything else of the old run stays as it was."""
+    metrics = files.read_json(run_dir / "metrics.json")
+    metrics.update({k: retrained[k] for k in MEASURES})
+    metrics["forgetting_source"] = {
+        "retrained": entry["date"], "cpu_capability": retrained.get("cpu_capability"),
+        "versions": retrained.get("versions"), "accuracies": "identical",
+        "max_loss_relative_difference": entry["max_loss_relative_difference"], "loss_tolerance": LOSS_TOLERANCE}
+    files.write_json(run_dir / "metrics.json", metrics)
+
+
+def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bool = False,
+             show_progress: bool = True) -> dict:
+    """Re-train the finished runs of the study in ``out`` that lack the forgetting measures, ``jobs`` at a time
+    (at most ``limit`` this time), and add each re-training's measures to its run where it reproduces the run.
+    Returns the record also written to ``out/backfill.json``: ``{"runs": {folder: {"status": "added" |
+    "not reproduced" | "failed", ...}}}``, plus this call's ``added`` / ``not_reproduced`` / ``failed`` lists and
+    the runs ``left`` without the measures."""
+    out = Path(out)
+    if not (out / "runs").is_dir():
+        raise ValueError(f"out must be a study folder with a runs/ folder inside, got {str(out)!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    record_path = out / RECORD_FILE
+    with FolderLock(out):
+        record = files.read_json(record_path) if record_path.exists() else {"runs": {}}
+        todo = [run_dir for run_dir in sorted(p for p in (out / "runs").iterdir() if p.is_dir())
+                if missing_measures(run_dir)
+                and (retry or record["runs"].get(run_dir.name, {}).get("status") != "not reproduced")]
+        todo = todo[:limit] if limit is not None else todo
+        for run_dir in todo:  # every run's settings readable before the first one trains
+            _train_arguments_of(_recorded(run_dir)[0])
+        work = out / WORK_FOLDER
+        if work.exists():  # a stopped earlier call's half-trained runs
+            shutil.rmtree(work)
+        work.mkdir()
+        lock = threading.Lock()
+        outcome = {"added": [], "not_reproduced": [], "failed": []}
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+        def one(run_dir: Path) -> None:
+            new_dir = work / run_dir.name
+            error = _train_in_subprocess(run_dir=new_dir, show_progress=False, threads=threads,
+                                         **_train_arguments_of(_recorded(run_dir)[0]))
+            metrics, why = _recorded(new_dir)
+            if error or metrics is None or any(metrics.get(k) is None for k in MEASURES):
+                entry = {"status": "failed", "error": (error or why or "no forgetting measures recorded")[-500:]}
+            else:
+                found, worst = differences(run_dir, new_dir)
+                entry = ({"status": "not reproduced", "differences": found[:10]} if found
+                         else {"status": "added", "max_loss_relative_difference": worst})
+                entry["cpu_capability"] = metrics.get("cpu_capability")
+            with lock:
+                entry["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if entry["status"] == "added":
+                    _add_measures(run_dir, metrics, entry)
+                record["runs"][run_dir.name] = entry
+                files.write_json(record_path, record)
+                outcome[entry["status"].replace(" ", "_")].append(run_dir.name)
+                said = entry.get("differences", [entry.get("error", "")])[0][-200:]
+                print(f"{run_dir.name:<34} {entry['status']}" + (f": {said}" if said else ""), flush=True)
+            shutil.rmtree(new_dir, ignore_errors=True)
+
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(todo), desc="backfill", disable=not show_progress) as bar:
+            if jobs > 1 and len(todo) > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(jobs) as pool:
+                    for _ in pool.map(one, todo):
+                        bar.update()
+            else:
+                for run_dir in todo:
+                    one(run_dir)
+                    bar.update()
+        shutil.rmtree(work, ignore_errors=True)
+    left = [p.name for p in sorted((out / "runs").iterdir()) if p.is_dir() and missing_measures(p)]
+    return {**record, **outcome, "left": left}

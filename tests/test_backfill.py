@@ -1,0 +1,102 @@
+"""``backfill``: older runs get the forgetting measures only through an exact reproduction; anything else is kept
+as it was and said."""
+
+import shutil
+
+import pytest
+
+from lowrank_lab import cli, files
+from lowrank_lab.compare import _run_dir
+from lowrank_lab.compare.backfill import RECORD_FILE, backfill, differences, missing_measures
+
+SMOKE = ["--task", "sentiment", "--model", "minilm", "--scale", "smoke", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def old_study(tmp_path_factory):
+    """A study folder with one finished smoke tuning run (seed 0) whose metrics.json lacks the forgetting measures,
+    as the runs made before they existed do."""
+    out = tmp_path_factory.mktemp("backfill") / "study"
+    run_dir = _run_dir(out, "lora", 0, 1e-3)
+    assert cli.main(["train", "--method", "lora", *SMOKE, "--seed", "0", "--r", "8", "--lr", "0.001",
+                     "--out", str(run_dir)]) == 0
+    metrics = files.read_json(run_dir / "metrics.json")
+    assert metrics["retained"] is not None and metrics["intruders"] is not None
+    files.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items() if k not in ("retained", "intruders")})
+    return out, run_dir.name
+
+
+def copy_of(old_study, tmp_path):
+    out, name = old_study
+    shutil.copytree(out, tmp_path / "study")
+    return tmp_path / "study", tmp_path / "study" / "runs" / name
+
+
+def test_a_run_that_reproduces_gets_the_measures_and_keeps_everything_else(old_study, tmp_path, compare_in_process):
+    out, run_dir = copy_of(old_study, tmp_path)
+    history = files.read_json(run_dir / "history.json")
+    history["train_loss"][3] *= 1 + 1e-5  # another CPU kind's rounding: within the tolerance
+    files.write_json(run_dir / "history.json", history)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "metrics.json"}
+    metrics_before = files.read_json(run_dir / "metrics.json")
+    assert missing_measures(run_dir)
+    done = backfill(out, show_progress=False)
+    assert done["added"] == [run_dir.name] and not done["not_reproduced"] and not done["left"]
+    after = files.read_json(run_dir / "metrics.json")
+    assert after["retained"] is not None and after["intruders"]["total"] is not None
+    assert {k: v for k, v in after.items() if k not in ("retained", "intruders", "forgetting_source")} == metrics_before
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "metrics.json"} == before
+    source = after["forgetting_source"]
+    assert source["accuracies"] == "identical" and source["max_loss_relative_difference"] == pytest.approx(1e-5, rel=0.01)
+    assert files.read_json(out / RECORD_FILE)["runs"][run_dir.name]["status"] == "added"
+    assert not (out / ".backfill").exists()
+    assert backfill(out, show_progress=False)["added"] == []  # nothing left to do: a second call trains nothing
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda h: h["train_loss"].__setitem__(2, h["train_loss"][2] * 1.05), "history.json train_loss[2]"),
+    (lambda h: h["final"]["validation"].__setitem__("accuracy", h["final"]["validation"]["accuracy"] + 1e-6),
+     "history.json final.validation.accuracy"),
+])
+def test_a_run_that_does_not_reproduce_is_kept_untouched_and_said(old_study, tmp_path, compare_in_process, capsys,
+                                                                   edit, named):
+    out, run_dir = copy_of(old_study, tmp_path)
+    history = files.read_json(run_dir / "history.json")
+    edit(history)  # a loss 5% off (another seed's size), or an accuracy off by any amount
+    files.write_json(run_dir / "history.json", history)
+    kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code = cli.main(["backfill", str(out), "--quiet"])
+    assert code == cli.TRAINING_FAILED
+    assert named in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept
+    entry = files.read_json(out / RECORD_FILE)["runs"][run_dir.name]
+    assert entry["status"] == "not reproduced" and entry["differences"][0].startswith(named)
+    assert backfill(out, show_progress=False)["not_reproduced"] == []  # recorded: skipped unless retry
+    assert backfill(out, show_progress=False, retry=True)["not_reproduced"] == [run_dir.name]
+
+
+def test_differences_name_each_field_and_allow_loss_rounding_only(old_study, tmp_path):
+    out, run_dir = copy_of(old_study, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    assert differences(run_dir, other) == ([], 0.0)
+    metrics = files.read_json(other / "metrics.json")
+    metrics["test_metric_value"] = 0.5
+    metrics["run_spec"]["preset"]["lr"] = 0.002
+    metrics["final_train_loss"] *= 1 + 1e-4
+    files.write_json(other / "metrics.json", metrics)
+    found, worst = differences(run_dir, other)
+    assert [f.split(":")[0] for f in found] == ["metrics.json test_metric_value", "metrics.json run_spec.preset.lr"]
+    assert worst == pytest.approx(1e-4, rel=0.01)
+
+
+def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="out must be a study folder"):
+        backfill(tmp_path / "nowhere")
+    (tmp_path / "s" / "runs").mkdir(parents=True)
+    with pytest.raises(ValueError, match="jobs must be a positive int, got 0"):
+        backfill(tmp_path / "s", jobs=0)
+    with pytest.raises(ValueError, match="limit must be a positive int or None, got 0"):
+        backfill(tmp_path / "s", limit=0)
+    assert cli.main(["backfill", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
+    assert "study folder" in capsys.readouterr().err
