@@ -487,11 +487,12 @@ def run_report(args) -> int:
 
 def add_backfill_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "backfill", help="add the forgetting measures to a study's older runs, keeping only exact reproductions",
+        "backfill", help="add the forgetting measures to a study's older runs, where a re-training reproduces them",
         description="Re-train each finished run in FOLDER/runs whose metrics.json lacks retained/intruders (the "
-                    "forgetting measures) and replace its folder only if the re-trained run reproduces the recorded "
-                    "one exactly (every logged loss, evaluation and setting); a run that does not is kept as it was "
-                    "and recorded as not reproduced. Progress in FOLDER/backfill.json; run again to go on.")
+                    "forgetting measures) and add the re-training's measures to it only if the re-training reproduces "
+                    "the run (the same settings, identical accuracies at every evaluation, every logged loss within "
+                    "1% relative); the rest of the run stays as it was. A run that does not reproduce is left "
+                    "untouched and recorded as not reproduced. Progress in FOLDER/backfill.json; run again to go on.")
     p.add_argument("folder", type=Path, help="a compare output folder (holds runs/)")
     p.add_argument("--jobs", type=_int_at_least(1, "a positive int <= 64", 64), default=1,
                    help="runs at a time, each a process with cpu_count/jobs threads (default 1)")
@@ -511,7 +512,7 @@ def run_backfill(args) -> int:
                         show_progress=not args.quiet)
     except ValueError as err:  # not a study folder, a run without its settings, a folder in use
         raise UsageError(str(err)) from None
-    print(f"{len(done['added'])} run(s) re-trained and reproduced exactly (measures added), "
+    print(f"{len(done['added'])} run(s) re-trained and reproduced (measures added), "
           f"{len(done['not_reproduced'])} not reproduced (kept as they were), {len(done['failed'])} failed; "
           f"{len(done['left'])} still without the measures")
     return TRAINING_FAILED if done["not_reproduced"] or done["failed"] else 0
