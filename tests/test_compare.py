@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -408,3 +409,18 @@ def test_the_committed_convergence_curves_settle_where_the_readme_and_lesson_06_
         all(v <= 512 for k, v in settled.items() if k.startswith("sentiment"))
     assert settled["trec-lora"] == settled["trec-full"] == 704
     assert len(compare_module.convergence_lines(folder)) == len(list(folder.glob("*.json")))
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "--exploratory", "added after the trec study's verdicts were seen"],
+    ["a b", "c$d", 'e"f', "g'h\\i", "", "x!y", "plain", "--out", "results/x-y"],
+])
+def test_recorded_commands_read_as_a_person_would_type_them_and_split_back(args):
+    from lowrank_lab.compare import command_line, readable_command, shell_join
+
+    line = shell_join(args)
+    assert shlex.split(line) == args
+    if args[0] == "compare":  # an apostrophe alone: double quotes, not shlex.join's '"'"' splice
+        assert line == "compare --exploratory \"added after the trec study's verdicts were seen\""
+        assert readable_command("python -m lowrank_lab " + shlex.join(args)) == command_line(args)
+    assert readable_command("unbalanced 'quote") == "unbalanced 'quote"  # shown as recorded

@@ -22,7 +22,7 @@ from .report import (CSV_FIELDS, README, RESULTS_DIR, SENTIMENT_STUDIES, _protoc
                      reproduction_markdown, settle_step, study_claim, study_compute, study_rows, test_table,
                      tuning_markdown, write_outputs, write_readme_sections, write_reports)
 from .runs import FolderBusy, FolderLock, RunKey, RunPool, _run_dir, check_run_files, train_arguments
-from .study import HEAD_LR, _lr_source, chance_levels, command_line, compare
+from .study import HEAD_LR, _lr_source, chance_levels, command_line, compare, readable_command, shell_join
 from .tuning import (LR_GRID_POINTS, REPORT_SEED_START, TUNE_SEED, TUNE_SEEDS, TUNING_BUDGET, knob_grid,
                      lattice_index, lattice_rate, lr_grid, report_seeds, tune_lr, tune_method)
 from .verdicts import outcome_counts, reproduction_claims, reproduction_rows, seed_values

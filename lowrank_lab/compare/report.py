@@ -101,7 +101,9 @@ def markdown(results: dict) -> str:
                      f"{lr} | {experiment.describe(row)} | {experiment.describe(tests[method])} | {trainable} | "
                      f"{step} | {memory} |")
     if results.get("command"):
-        lines += ["", f"Reproduce with: `{results['command']}`"]
+        from .study import readable_command  # study imports this module: resolved at call time
+
+        lines += ["", f"Reproduce with: `{readable_command(results['command'])}`"]
     return "\n".join(lines)
 
 

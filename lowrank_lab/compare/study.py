@@ -190,4 +190,25 @@ def _run(task_name, model_name, scale, seeds, out, methods, r, show_progress, co
 
 
 def command_line(argv: list[str] | None) -> str:
-    return "python -m lowrank_lab " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return "python -m lowrank_lab " + shell_join(sys.argv[1:] if argv is None else argv)
+
+
+def shell_join(args) -> str:
+    """``args`` as one shell line a reader can copy: bare where that is safe, in double quotes where only an
+    apostrophe or a space needs them (``"the study's"``, where :func:`shlex.join` writes ``'the study'"'"'s'``),
+    :func:`shlex.quote` otherwise. ``shlex.split`` gives ``args`` back."""
+    def quote(arg: str) -> str:
+        quoted = shlex.quote(arg)
+        if quoted == arg or any(c in arg for c in '"$`\\!'):
+            return quoted
+        return f'"{arg}"'
+    return " ".join(quote(str(a)) for a in args)
+
+
+def readable_command(command: str) -> str:
+    """A recorded command line re-quoted by :func:`shell_join` (older records used :func:`shlex.join`'s quoting);
+    a line that does not split is shown as it is."""
+    try:
+        return shell_join(shlex.split(command))
+    except ValueError:
+        return command
