@@ -499,6 +499,9 @@ def add_backfill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_int_at_least(1, "a positive int"), default=None,
                    help="re-train at most this many runs this time (default: all that lack the measures)")
     p.add_argument("--retry", action="store_true", help="also retry runs recorded as not reproduced")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a tuning run that does not reproduce by its re-training where the study's tuning, "
+                        "replayed with it, selects exactly what it selected (results.json's tuning record follows)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_backfill)
     return p
@@ -509,12 +512,15 @@ def run_backfill(args) -> int:
 
     try:
         done = backfill(args.folder, jobs=args.jobs, limit=args.limit, retry=args.retry,
-                        show_progress=not args.quiet)
+                        show_progress=not args.quiet, replace=args.replace)
     except ValueError as err:  # not a study folder, a run without its settings, a folder in use
         raise UsageError(str(err)) from None
     print(f"{len(done['added'])} run(s) re-trained and reproduced (measures added), "
+          f"{len(done['replaced'])} replaced (the selection stands), "
           f"{len(done['not_reproduced'])} not reproduced (kept as they were), {len(done['failed'])} failed; "
           f"{len(done['left'])} still without the measures")
+    if done["replaced"]:
+        print(f"results.json's tuning record changed: python -m lowrank_lab report {args.folder} --write --readme")
     return TRAINING_FAILED if done["not_reproduced"] or done["failed"] else 0
 
 

@@ -100,3 +100,89 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys):
         backfill(tmp_path / "s", limit=0)
     assert cli.main(["backfill", str(tmp_path / "nowhere")]) == cli.USAGE_ERROR
     assert "study folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ replacing a tuning run the selection survives
+
+
+@pytest.fixture(scope="module")
+def tuned_study(tmp_path_factory):
+    """A tuned smoke study (LoRA, 6 rates on tuning seed 0, one reporting seed) with its results.json."""
+    from lowrank_lab.compare import compare
+
+    out = tmp_path_factory.mktemp("tuned") / "study"
+    compare("sentiment", "minilm", "smoke", seeds=1, out=out, methods=("lora",), tune=True, show_progress=False)
+    return out
+
+
+def _tamper(out, folder, validation):
+    """Record ``validation`` as run ``folder``'s validation accuracy (metrics and history agree), and the study's
+    tuning record as the protocol makes it from the recorded runs: a run another machine would not reproduce."""
+    from lowrank_lab.compare.backfill import replay_tuning
+    from lowrank_lab.compare.report import read_results, run_metrics
+
+    run_dir = out / "runs" / folder
+    metrics, history = files.read_json(run_dir / "metrics.json"), files.read_json(run_dir / "history.json")
+    metrics["metric_value"] = history["final"]["validation"]["accuracy"] = validation
+    metrics = {k: v for k, v in metrics.items() if k not in ("retained", "intruders")}
+    files.write_json(run_dir / "metrics.json", metrics)
+    files.write_json(run_dir / "history.json", history)
+    results = read_results(out / "results.json")
+    results["tuning"]["lora"] = replay_tuning(results, "lora", run_metrics(out))
+    files.write_json(out / "results.json", results)
+    return results["tuning"]["lora"]
+
+
+def test_replaying_the_tuning_gives_back_the_record(tuned_study):
+    from lowrank_lab.compare.backfill import replay_tuning
+    from lowrank_lab.compare.report import read_results, run_metrics
+
+    results = read_results(tuned_study / "results.json")
+    assert replay_tuning(results, "lora", run_metrics(tuned_study)) == results["tuning"]["lora"]
+
+
+def test_a_tuning_run_that_does_not_reproduce_is_replaced_where_the_selection_stands(tuned_study, tmp_path,
+                                                                                    compare_in_process):
+    out = tmp_path / "study"
+    shutil.copytree(tuned_study, out)
+    record = files.read_json(out / "results.json")["tuning"]["lora"]
+    loser = min(record["lr_grid"], key=lambda e: e["validation"])  # the worst rate: a small change selects nothing
+    _tamper(out, loser["folder"], round(loser["validation"] - 0.001, 6))
+    done = backfill(out, show_progress=False, replace=True)
+    assert done["replaced"] == [loser["folder"]] and not done["not_reproduced"]
+    run = files.read_json(out / "runs" / loser["folder"] / "metrics.json")
+    assert run["metric_value"] == loser["validation"] and run["retained"] is not None  # the re-training's own
+    after = files.read_json(out / "results.json")["tuning"]["lora"]
+    assert after == record  # the record follows the run back to what it was; the selection never moved
+    assert files.read_json(out / RECORD_FILE)["runs"][loser["folder"]]["status"] == "replaced"
+
+
+def test_a_tuning_run_is_not_replaced_where_the_selection_would_change(tuned_study, tmp_path, compare_in_process):
+    out = tmp_path / "study"
+    shutil.copytree(tuned_study, out)
+    record = files.read_json(out / "results.json")["tuning"]["lora"]
+    loser = min(record["lr_grid"], key=lambda e: e["validation"])
+    tampered = _tamper(out, loser["folder"], 1.0)  # recorded as the best: the record now selects its rate
+    assert tampered["lr_selected"] == loser["lr"]
+    kept = {p.name: p.read_bytes() for p in (out / "runs" / loser["folder"]).iterdir()}
+    done = backfill(out, show_progress=False, replace=True)
+    assert done["not_reproduced"] == [loser["folder"]] and not done["replaced"]
+    entry = files.read_json(out / RECORD_FILE)["runs"][loser["folder"]]
+    assert "lr_selected" in entry["not_replaced"]
+    assert {p.name: p.read_bytes() for p in (out / "runs" / loser["folder"]).iterdir()} == kept
+    assert files.read_json(out / "results.json")["tuning"]["lora"] == tampered
+
+
+def test_a_reported_run_is_never_replaced(tuned_study, tmp_path, compare_in_process):
+    out = tmp_path / "study"
+    shutil.copytree(tuned_study, out)
+    reported = files.read_json(out / "results.json")["runs"][0]["folder"]
+    run_dir = out / "runs" / reported
+    metrics = files.read_json(run_dir / "metrics.json")
+    files.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items() if k not in ("retained", "intruders")})
+    history = files.read_json(run_dir / "history.json")
+    history["train_loss"][1] *= 1.5
+    files.write_json(run_dir / "history.json", history)
+    done = backfill(out, show_progress=False, replace=True)
+    assert done["not_reproduced"] == [reported]
+    assert "a reported run is never replaced" in files.read_json(out / RECORD_FILE)["runs"][reported]["not_replaced"]

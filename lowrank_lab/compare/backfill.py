@@ -11,6 +11,13 @@ and the difference grows with the steps. Everything else of the old run stays as
 them), and ``forgetting_source`` says where the measures came from and how close the re-training came. A run that
 does not reproduce is left untouched, reported with its first differences and recorded as ``not reproduced``.
 
+With ``replace`` a tuning run that does not reproduce is **replaced** by its re-training where that changes nothing the
+study selected: the study's tuning is replayed (:func:`replay_tuning`, the protocol's own code over the recorded runs)
+once on the recorded values, which must give back results.json's tuning record, and once with the re-training in the
+run's place, which must visit the same configurations and select the same rate, knobs and cliff and edge flags. Then
+the re-trained run takes the folder (its own CPU kind recorded) and results.json's tuning record takes its values;
+seed 0 is never reported, so no reported number moves. A reported run is never replaced.
+
 Progress is recorded run by run in ``FOLDER/backfill.json`` (strict JSON, written atomically), so the command can be
 stopped and run again: it goes on with the runs not yet done, and skips those recorded as not reproduced unless
 ``retry``. One at a time per folder, with ``compare`` too (:class:`.runs.FolderLock`).
@@ -108,13 +115,97 @@ def _add_measures(run_dir: Path, retrained: dict, entry: dict) -> None:
     files.write_json(run_dir / "metrics.json", metrics)
 
 
+class _Unrecorded(KeyError):
+    """The replayed tuning asked for a configuration the study has no run of: its path would change."""
+
+
+class _RecordedPool:
+    """Stands in for :class:`.runs.RunPool` in a replay: every run is looked up among the recorded ones, never
+    trained."""
+
+    def __init__(self, metrics: dict[str, dict]):
+        self.metrics, self.done = metrics, {}
+
+    def get(self, keys, need_predictions: bool = True) -> list[dict]:
+        for key in keys:
+            if key.folder not in self.metrics:
+                raise _Unrecorded(key.folder)
+            self.done[key] = {**self.metrics[key.folder], "method": key.method, "seed": key.seed,
+                              "folder": key.folder}
+        return [self.done[k] for k in keys]
+
+
+SELECTION = ("lr_selected", "knobs_selected", "cliff", "edge", "configurations")
+
+
+def _visited(tuning: dict) -> list[str]:
+    return [e["folder"] for e in (*tuning.get("lr_grid", []), *tuning.get("knob_grid", []))]
+
+
+def replay_tuning(results: dict, method: str, metrics: dict[str, dict]) -> dict:
+    """``method``'s tuning as ``compare --tune-lr`` makes it (:func:`.tuning.tune_method`), over the runs in
+    ``metrics`` (folder name -> metrics.json) instead of training them. Raises :class:`_Unrecorded` when it asks for
+    a run that is not there."""
+    from lowrank_lab import presets
+
+    from .tuning import tune_method
+
+    kind = presets.task_kind(results["task"])
+    steps = presets.train_preset(results["task"], results["scale"])["max_steps"]
+    tuning, _, _ = tune_method(_RecordedPool(metrics), method, presets.learning_rate(method, kind),
+                               results["higher_is_better"], results["matching"], steps, results.get("baselines"))
+    return tuning
+
+
+def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[dict | None, str]:
+    """(the method's new tuning record, "") when the re-trained run in ``new_dir`` may replace ``run_dir`` without
+    changing what the study selected (module docstring); (None, why not) otherwise."""
+    from .report import read_results, run_metrics
+
+    results = read_results(out / "results.json")
+    method = next((m for m, t in (results.get("tuning") or {}).items() if run_dir.name in _visited(t)), None)
+    if method is None:
+        return None, "not a tuning run of this study's results.json (a reported run is never replaced)"
+    recorded = results["tuning"][method]
+    metrics = run_metrics(out)
+    try:
+        before = replay_tuning(results, method, metrics)
+        after = replay_tuning(results, method, {**metrics, run_dir.name: files.read_json(new_dir / "metrics.json")})
+    except _Unrecorded as err:
+        return None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
+    if _visited(before) != _visited(recorded) or any(before.get(k) != recorded.get(k) for k in SELECTION):
+        return None, "replaying the study's tuning on its recorded runs does not give back its results.json record"
+    changed = [k for k in SELECTION if after.get(k) != recorded.get(k)]
+    if _visited(after) != _visited(recorded) or changed:
+        return None, "with the re-trained values the tuning would change: " + (", ".join(
+            f"{k} {recorded.get(k)!r} -> {after.get(k)!r}" for k in changed) or "the configurations it tries")
+    return after, ""
+
+
+def _replace(out: Path, run_dir: Path, new_dir: Path, tuning: dict) -> None:
+    """The re-trained run into ``run_dir``'s place and the method's tuning record into results.json."""
+    from .report import read_results
+
+    results = read_results(out / "results.json")
+    method = next(m for m, t in results["tuning"].items() if run_dir.name in _visited(t))
+    retired = new_dir.with_name(new_dir.name + ".old")
+    shutil.rmtree(retired, ignore_errors=True)
+    os.rename(run_dir, retired)
+    os.rename(new_dir, run_dir)
+    shutil.rmtree(retired)
+    results["tuning"][method] = tuning
+    files.write_json(out / "results.json", results)
+
+
 def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bool = False,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, replace: bool = False) -> dict:
     """Re-train the finished runs of the study in ``out`` that lack the forgetting measures, ``jobs`` at a time
     (at most ``limit`` this time), and add each re-training's measures to its run where it reproduces the run.
     Returns the record also written to ``out/backfill.json``: ``{"runs": {folder: {"status": "added" |
     "not reproduced" | "failed", ...}}}``, plus this call's ``added`` / ``not_reproduced`` / ``failed`` lists and
-    the runs ``left`` without the measures."""
+    the runs ``left`` without the measures. ``replace``: a tuning run that does not reproduce is replaced by its
+    re-training where the study's selection stands (status ``replaced``), and retried even if recorded as not
+    reproduced."""
     out = Path(out)
     if not (out / "runs").is_dir():
         raise ValueError(f"out must be a study folder with a runs/ folder inside, got {str(out)!r}")
@@ -127,7 +218,7 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
         record = files.read_json(record_path) if record_path.exists() else {"runs": {}}
         todo = [run_dir for run_dir in sorted(p for p in (out / "runs").iterdir() if p.is_dir())
                 if missing_measures(run_dir)
-                and (retry or record["runs"].get(run_dir.name, {}).get("status") != "not reproduced")]
+                and (retry or replace or record["runs"].get(run_dir.name, {}).get("status") != "not reproduced")]
         todo = todo[:limit] if limit is not None else todo
         for run_dir in todo:  # every run's settings readable before the first one trains
             _train_arguments_of(_recorded(run_dir)[0])
@@ -136,7 +227,7 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
             shutil.rmtree(work)
         work.mkdir()
         lock = threading.Lock()
-        outcome = {"added": [], "not_reproduced": [], "failed": []}
+        outcome = {"added": [], "not_reproduced": [], "failed": [], "replaced": []}
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
         def one(run_dir: Path) -> None:
@@ -155,10 +246,17 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
                 entry["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
                 if entry["status"] == "added":
                     _add_measures(run_dir, metrics, entry)
+                elif entry["status"] == "not reproduced" and replace:
+                    tuning, why = _replacement(out, run_dir, new_dir)
+                    if tuning is not None:
+                        _replace(out, run_dir, new_dir, tuning)
+                        entry["status"] = "replaced"
+                    else:
+                        entry["not_replaced"] = why
                 record["runs"][run_dir.name] = entry
                 files.write_json(record_path, record)
                 outcome[entry["status"].replace(" ", "_")].append(run_dir.name)
-                said = entry.get("differences", [entry.get("error", "")])[0][-200:]
+                said = (entry.get("not_replaced") or entry.get("differences", [entry.get("error", "")])[0])[-200:]
                 print(f"{run_dir.name:<34} {entry['status']}" + (f": {said}" if said else ""), flush=True)
             shutil.rmtree(new_dir, ignore_errors=True)
 
