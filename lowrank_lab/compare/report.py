@@ -221,11 +221,12 @@ def forgetting_markdown(results: dict) -> str:
 
 
 def write_reports(out: Path, results: dict) -> None:
-    """``table.md``, ``reproduction.md``, ``forgetting.md`` and the verdict and learn-forget figures from
-    ``results`` (its ``reproduction`` rows): what ``compare`` writes and ``report --write`` re-renders."""
+    """``table.md``, ``reproduction.md``, ``forgetting.md`` and the verdict, learn-forget and learning-rate figures
+    from ``results`` (its ``reproduction`` rows, its ``tuning`` record): what ``compare`` writes and ``report --write``
+    re-renders (after ``backfill --replace`` changed a tuning record, say)."""
     import matplotlib.pyplot as plt
 
-    from lowrank_lab.plotting import plot_learn_forget, plot_paired_differences
+    from lowrank_lab.plotting import plot_learn_forget, plot_lr_sensitivity, plot_paired_differences
 
     files.write_text(out / "table.md", markdown(results) + "\n")
     files.write_text(out / "reproduction.md", reproduction_markdown(results) + "\n")
@@ -239,12 +240,15 @@ def write_reports(out: Path, results: dict) -> None:
     if any((r.get("retained") or {}).get("probe_accuracy") is not None for r in results["runs"]):
         plt.close(plot_learn_forget(results["runs"], out / "learn_forget.png", f"{title}: learned vs retained",
                                     results["metric"]))
+    if results.get("tuning"):
+        plt.close(plot_lr_sensitivity(results["tuning"], out / "lr_sensitivity.png", results["metric"],
+                                      f"{title}: validation {results['metric']} against learning rate"))
 
 
 def write_outputs(out: Path, results: dict, histories: dict) -> None:
     import matplotlib.pyplot as plt
 
-    from lowrank_lab.plotting import method_color, plot_curves, plot_lr_sensitivity
+    from lowrank_lab.plotting import method_color, plot_curves
 
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / "results.json", results)
@@ -289,9 +293,6 @@ def write_outputs(out: Path, results: dict, histories: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / "cost.png")
     plt.close(fig)
-    if results.get("tuning"):
-        plt.close(plot_lr_sensitivity(results["tuning"], out / "lr_sensitivity.png", results["metric"],
-                                      f"{title}: validation {results['metric']} against learning rate"))
 
 
 def committed_results(name: str) -> dict | None:
