@@ -441,8 +441,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                     "print the comparison table and the reproduction table as markdown.")
     p.add_argument("folder", type=Path, help="a compare output folder (holds results.json)")
     p.add_argument("--write", action="store_true",
-                   help="also rewrite FOLDER/table.md, reproduction.md, forgetting.md and the verdict, learn-forget and "
-                        "learning-rate figures")
+                   help="also rewrite FOLDER/table.md, reproduction.md, forgetting.md and the verdict, learn-forget "
+                        "and learning-rate figures")
     p.add_argument("--readme", action="store_true",
                    help="also rewrite the README's generated tables of FOLDER (between its markers)")
     p.add_argument("--tuned-rates", action="store_true",

@@ -47,7 +47,8 @@ def test_a_run_that_reproduces_gets_the_measures_and_keeps_everything_else(old_s
     assert {k: v for k, v in after.items() if k not in ("retained", "intruders", "forgetting_source")} == metrics_before
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "metrics.json"} == before
     source = after["forgetting_source"]
-    assert source["accuracies"] == "identical" and source["max_loss_relative_difference"] == pytest.approx(1e-5, rel=0.01)
+    assert source["accuracies"] == "identical"
+    assert source["max_loss_relative_difference"] == pytest.approx(1e-5, rel=0.01)
     assert files.read_json(out / RECORD_FILE)["runs"][run_dir.name]["status"] == "added"
     assert not (out / ".backfill").exists()
     assert backfill(out, show_progress=False)["added"] == []  # nothing left to do: a second call trains nothing
