@@ -184,18 +184,20 @@ def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[dict | None, 
 
 
 def _replace(out: Path, run_dir: Path, new_dir: Path, tuning: dict) -> None:
-    """The re-trained run into ``run_dir``'s place and the method's tuning record into results.json."""
+    """The method's tuning record into results.json, then the re-trained run into ``run_dir``'s place. In this
+    order a stop in between is loud, never silent: the old run still lacks the measures, so the next call re-trains
+    it, and its replay on the recorded runs no longer gives back results.json's record, which it then says."""
     from .report import read_results
 
     results = read_results(out / "results.json")
     method = next(m for m, t in results["tuning"].items() if run_dir.name in _visited(t))
+    results["tuning"][method] = tuning
+    files.write_json(out / "results.json", results)
     retired = new_dir.with_name(new_dir.name + ".old")
     shutil.rmtree(retired, ignore_errors=True)
     os.rename(run_dir, retired)
     os.rename(new_dir, run_dir)
     shutil.rmtree(retired)
-    results["tuning"][method] = tuning
-    files.write_json(out / "results.json", results)
 
 
 def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bool = False,
