@@ -187,3 +187,15 @@ def test_a_reported_run_is_never_replaced(tuned_study, tmp_path, compare_in_proc
     done = backfill(out, show_progress=False, replace=True)
     assert done["not_reproduced"] == [reported]
     assert "a reported run is never replaced" in files.read_json(out / RECORD_FILE)["runs"][reported]["not_replaced"]
+
+
+def test_the_readme_line_counts_each_outcome_and_names_what_could_not_be_backfilled(tmp_path):
+    from lowrank_lab.compare.report import backfill_line
+
+    assert backfill_line(tmp_path) == ""  # never ran here: nothing to say
+    files.write_json(tmp_path / RECORD_FILE, {"runs": {
+        "a-s0": {"status": "added"}, "b-s0": {"status": "replaced", "cpu_capability": "AVX512"},
+        "c-s0": {"status": "not reproduced", "not_replaced": "with the re-trained values the tuning would change"}}})
+    line = backfill_line(tmp_path)
+    assert "1 re-trained runs reproduced" in line and "1 did not reproduce and were replaced" in line
+    assert "(AVX512)" in line and "c-s0 (with the re-trained values the tuning would change)" in line

@@ -450,6 +450,26 @@ def readme_folders(text: str) -> list[str]:
     return [line[len(head):].split(":", 1)[0] for line in text.splitlines() if line.startswith(head)]
 
 
+def backfill_line(folder: Path) -> str:
+    """What ``backfill`` did to a study's tuning runs, from its ``backfill.json`` ("" when it never ran there): how
+    many got the forgetting measures from a reproducing re-training, how many were replaced by their re-training (the
+    values in the tuning table are then the re-training's), and which could not be, with why."""
+    path = Path(folder) / "backfill.json"
+    if not path.exists():
+        return ""
+    runs = files.read_json(path)["runs"]
+    by = {s: sorted(k for k, v in runs.items() if v["status"] == s) for s in ("added", "replaced", "not reproduced")}
+    kinds = sorted({v.get("cpu_capability") or "not recorded" for v in runs.values() if v["status"] == "replaced"})
+    line = (f"Forgetting measures for the tuning runs (`backfill`): {len(by['added'])} re-trained runs reproduced "
+            f"theirs and lent them their measures; {len(by['replaced'])} did not reproduce and were replaced by the "
+            f"re-training ({', '.join(kinds) or '—'}), their values above, because the tuning replayed with them "
+            f"selects exactly what it selected")
+    if by["not reproduced"]:
+        line += ("; not reproduced and kept as they were, without the measures: " + "; ".join(
+            f"{k} ({runs[k].get('not_replaced') or 'the re-training differs'})" for k in by["not reproduced"]))
+    return line + "."
+
+
 def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     """A study's README tables, rendered from ``root/folder/results.json`` and its runs with the current
     statistics: the verdicts first (Holm-adjusted), the comparison table, the learning-rate selection, what each
@@ -461,6 +481,9 @@ def readme_section(folder: str, root: Path = RESULTS_DIR.parent) -> str:
     parts = [reproduction_markdown(results), markdown(results)]
     if results.get("tuning"):
         parts.append(tuning_markdown(results))
+        backfilled = backfill_line(root / folder)
+        if backfilled:
+            parts.append(backfilled)
     forgetting = forgetting_markdown(results)
     if forgetting:
         parts.append(forgetting)
