@@ -158,39 +158,39 @@ def replay_tuning(results: dict, method: str, metrics: dict[str, dict]) -> dict:
     return tuning
 
 
-def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[dict | None, str]:
-    """(the method's new tuning record, "") when the re-trained run in ``new_dir`` may replace ``run_dir`` without
-    changing what the study selected (module docstring); (None, why not) otherwise."""
+def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[str | None, dict | None, str]:
+    """(the method, its new tuning record, "") when the re-trained run in ``new_dir`` may replace ``run_dir``
+    without changing what the study selected (module docstring); (None, None, why not) otherwise."""
     from .report import read_results, run_metrics
 
     results = read_results(out / "results.json")
     method = next((m for m, t in (results.get("tuning") or {}).items() if run_dir.name in _visited(t)), None)
     if method is None:
-        return None, "not a tuning run of this study's results.json (a reported run is never replaced)"
+        return None, None, "not a tuning run of this study's results.json (a reported run is never replaced)"
     recorded = results["tuning"][method]
     metrics = run_metrics(out)
     try:
         before = replay_tuning(results, method, metrics)
         after = replay_tuning(results, method, {**metrics, run_dir.name: files.read_json(new_dir / "metrics.json")})
     except _Unrecorded as err:
-        return None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
+        return None, None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
     if _visited(before) != _visited(recorded) or any(before.get(k) != recorded.get(k) for k in SELECTION):
-        return None, "replaying the study's tuning on its recorded runs does not give back its results.json record"
+        return None, None, ("replaying the study's tuning on its recorded runs does not give back its results.json "
+                            "record")
     changed = [k for k in SELECTION if after.get(k) != recorded.get(k)]
     if _visited(after) != _visited(recorded) or changed:
-        return None, "with the re-trained values the tuning would change: " + (", ".join(
+        return None, None, "with the re-trained values the tuning would change: " + (", ".join(
             f"{k} {recorded.get(k)!r} -> {after.get(k)!r}" for k in changed) or "the configurations it tries")
-    return after, ""
+    return method, after, ""
 
 
-def _replace(out: Path, run_dir: Path, new_dir: Path, tuning: dict) -> None:
+def _replace(out: Path, run_dir: Path, new_dir: Path, method: str, tuning: dict) -> None:
     """The method's tuning record into results.json, then the re-trained run into ``run_dir``'s place. In this
     order a stop in between is loud, never silent: the old run still lacks the measures, so the next call re-trains
     it, and its replay on the recorded runs no longer gives back results.json's record, which it then says."""
     from .report import read_results
 
     results = read_results(out / "results.json")
-    method = next(m for m, t in results["tuning"].items() if run_dir.name in _visited(t))
     results["tuning"][method] = tuning
     files.write_json(out / "results.json", results)
     retired = new_dir.with_name(new_dir.name + ".old")
@@ -250,9 +250,9 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
                 if entry["status"] == "added":
                     _add_measures(run_dir, metrics, entry)
                 elif entry["status"] == "not reproduced" and replace:
-                    tuning, why = _replacement(out, run_dir, new_dir)
+                    method, tuning, why = _replacement(out, run_dir, new_dir)
                     if tuning is not None:
-                        _replace(out, run_dir, new_dir, tuning)
+                        _replace(out, run_dir, new_dir, method, tuning)
                         entry["status"] = "replaced"
                     else:
                         entry["not_replaced"] = why

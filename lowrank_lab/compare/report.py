@@ -454,7 +454,9 @@ def backfill_line(folder: Path) -> str:
     """What ``backfill`` did to a study's tuning runs, from its ``backfill.json`` ("" when it never ran there): how
     many got the forgetting measures from a reproducing re-training, how many were replaced by their re-training (the
     values in the tuning table are then the re-training's), and which could not be, with why."""
-    path = Path(folder) / "backfill.json"
+    from .backfill import RECORD_FILE
+
+    path = Path(folder) / RECORD_FILE
     if not path.exists():
         return ""
     runs = files.read_json(path)["runs"]
