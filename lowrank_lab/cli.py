@@ -493,7 +493,8 @@ def add_backfill_parser(subparsers) -> argparse.ArgumentParser:
                     "forgetting measures) and add the re-training's measures to it only if the re-training reproduces "
                     "the run (the same settings, identical accuracies at every evaluation, every logged loss within "
                     "1% relative); the rest of the run stays as it was. A run that does not reproduce is left "
-                    "untouched and recorded as not reproduced. Progress in FOLDER/backfill.json; run again to go on.")
+                    "untouched and recorded as not reproduced (--replace and --retune say when a tuning run's "
+                    "re-training may take its place). Progress in FOLDER/backfill.json; run again to go on.")
     p.add_argument("folder", type=Path, help="a compare output folder (holds runs/)")
     p.add_argument("--jobs", type=_int_at_least(1, "a positive int <= 64", 64), default=1,
                    help="runs at a time, each a process with cpu_count/jobs threads (default 1)")
@@ -503,6 +504,10 @@ def add_backfill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true",
                    help="replace a tuning run that does not reproduce by its re-training where the study's tuning, "
                         "replayed with it, selects exactly what it selected (results.json's tuning record follows)")
+    p.add_argument("--retune", action="store_true",
+                   help="like --replace, and where the selection would change, replace the tuning run all the same "
+                        "and run the study's command again: it trains what the new selection needs (reporting seeds "
+                        "included) and rewrites results.json; runs it no longer uses move to FOLDER/retired/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_backfill)
     return p
@@ -513,16 +518,20 @@ def run_backfill(args) -> int:
 
     try:
         done = backfill(args.folder, jobs=args.jobs, limit=args.limit, retry=args.retry,
-                        show_progress=not args.quiet, replace=args.replace)
+                        show_progress=not args.quiet, replace=args.replace, retune=args.retune)
     except ValueError as err:  # not a study folder, a run without its settings, a folder in use
         raise UsageError(str(err)) from None
     print(f"{len(done['added'])} run(s) re-trained and reproduced (measures added), "
-          f"{len(done['replaced'])} replaced (the selection stands), "
+          f"{len(done['replaced'])} replaced (the selection stands), {len(done['retuned'])} retuned, "
           f"{len(done['not_reproduced'])} not reproduced (kept as they were), {len(done['failed'])} failed; "
           f"{len(done['left'])} still without the measures")
-    if done["replaced"]:
+    if "study" in done:
+        print(f"the study ran again for the retuned runs: {len(done['study']['failed'])} run(s) failed, "
+              f"{len(done['retired'])} moved to {args.folder / 'retired'}: {', '.join(done['retired']) or 'none'}")
+    if done["replaced"] or "study" in done:
         print(f"results.json's tuning record changed: python -m lowrank_lab report {args.folder} --write --readme")
-    return TRAINING_FAILED if done["not_reproduced"] or done["failed"] else 0
+    failed = done["not_reproduced"] or done["failed"] or ("study" in done and done["study"]["failed"])
+    return TRAINING_FAILED if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------- lessons

@@ -189,6 +189,42 @@ def test_a_reported_run_is_never_replaced(tuned_study, tmp_path, compare_in_proc
     assert "a reported run is never replaced" in files.read_json(out / RECORD_FILE)["runs"][reported]["not_replaced"]
 
 
+def test_retune_replaces_a_run_the_selection_moves_for_and_runs_the_study_again(tuned_study, tmp_path,
+                                                                                compare_in_process):
+    from lowrank_lab.compare import compare
+    from lowrank_lab.compare.report import backfill_line
+
+    out = tmp_path / "study"
+    shutil.copytree(tuned_study, out)
+    results = files.read_json(out / "results.json")
+    record, reported = results["tuning"]["lora"], [r["folder"] for r in results["runs"]]
+    loser = min(record["lr_grid"], key=lambda e: e["validation"])
+    _tamper(out, loser["folder"], 1.0)  # recorded as the best, and the study run on that record:
+    compare("sentiment", "minilm", "smoke", seeds=1, out=out, methods=("lora",), tune=True, show_progress=False)
+    moved = [r["folder"] for r in files.read_json(out / "results.json")["runs"]]
+    assert moved != reported  # its reporting seed was trained at the tampered run's rate
+    done = backfill(out, show_progress=False, retune=True)
+    assert done["retuned"] == [loser["folder"]] and not done["not_reproduced"] and not done["replaced"]
+    after = files.read_json(out / "results.json")
+    assert after["tuning"]["lora"] == record  # the re-training's value: the selection is back where it was
+    assert [r["folder"] for r in after["runs"]] == reported and not after["failed"]
+    assert done["retired"] == moved and (out / "retired" / moved[0] / "metrics.json").exists()
+    assert not (out / "runs" / moved[0]).exists()
+    entry = files.read_json(out / RECORD_FILE)["runs"][loser["folder"]]
+    assert entry["status"] == "retuned" and "lr_selected" in entry["retuned_because"] and entry["retired"] == moved
+    assert files.read_json(out / "runs" / loser["folder"] / "metrics.json")["retained"] is not None
+    line = backfill_line(out)
+    assert "re-tuned" in line and loser["folder"] in line and moved[0] in line and "stale" not in line
+    assert backfill(out, show_progress=False, retune=True)["retuned"] == []  # done: a second call trains nothing
+
+
+def test_retune_refuses_a_study_it_cannot_run_again_before_training(old_study, tmp_path):
+    out, run_dir = copy_of(old_study, tmp_path)
+    with pytest.raises(ValueError, match="retune needs the study's results.json"):
+        backfill(out, show_progress=False, retune=True)
+    assert missing_measures(run_dir) and not (out / RECORD_FILE).exists()
+
+
 def test_the_readme_line_counts_each_outcome_and_names_what_could_not_be_backfilled(tmp_path):
     from lowrank_lab.compare.report import backfill_line
 
@@ -198,4 +234,9 @@ def test_the_readme_line_counts_each_outcome_and_names_what_could_not_be_backfil
         "c-s0": {"status": "not reproduced", "not_replaced": "with the re-trained values the tuning would change"}}})
     line = backfill_line(tmp_path)
     assert "1 re-trained runs reproduced" in line and "1 did not reproduce and were replaced" in line
+    assert "re-tuned" not in line
+    record = files.read_json(tmp_path / RECORD_FILE)
+    record["runs"]["d-s0"] = {"status": "retuned", "retuned_because": "lr_selected 0.01 -> 0.005"}
+    files.write_json(tmp_path / RECORD_FILE, record)  # swapped in, the study not yet run again: stale, and said
+    assert "lr_selected 0.01 -> 0.005" in backfill_line(tmp_path) and "stale" in backfill_line(tmp_path)
     assert "(AVX512)" in line and "c-s0 (with the re-trained values the tuning would change)" in line

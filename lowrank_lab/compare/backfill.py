@@ -19,6 +19,13 @@ run's place, which must visit the same configurations and select the same rate, 
 the re-trained run takes the folder (its own CPU kind recorded) and results.json's tuning record takes its values;
 seed 0 is never reported, so no reported number moves. A reported run is never replaced.
 
+With ``retune`` (which implies ``replace``) a tuning run whose re-training would change the selection takes the
+folder all the same (status ``retuned``), and the study's own command is then run again (:func:`.study.compare` with
+the settings results.json records): it replays the tuning over the folder's runs, trains the configurations the new
+values lead it to and the reporting seeds at whatever it now selects, and rewrites results.json, so the whole
+selection rests on runs that reproduce here. The runs the study no longer uses (the old selection's reported runs, the
+configurations it no longer visits) move to ``FOLDER/retired/``, listed with the retuned run in backfill.json.
+
 Progress is recorded run by run in ``FOLDER/backfill.json`` (strict JSON, written atomically), so the command can be
 stopped and run again: it goes on with the runs not yet done, and skips those recorded as not reproduced unless
 ``retry`` (or ``replace``). One at a time per folder, with ``compare`` too (:class:`.runs.FolderLock`).
@@ -37,6 +44,7 @@ from lowrank_lab import files
 from .runs import FolderLock, _recorded, _train_in_subprocess
 
 RECORD_FILE = "backfill.json"
+RETIRED_FOLDER = "retired"  # inside FOLDER: runs a re-tuning left unused (kept, outside runs/)
 WORK_FOLDER = ".backfill"  # inside FOLDER: a re-trained run lives here until it is checked (gitignored)
 MEASURES = ("retained", "intruders")
 # Fields compared between the recorded run and its re-training: history.json's record of the training (every
@@ -160,7 +168,8 @@ def replay_tuning(results: dict, method: str, metrics: dict[str, dict]) -> dict:
 
 def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[str | None, dict | None, str]:
     """(the method, its new tuning record, "") when the re-trained run in ``new_dir`` may replace ``run_dir``
-    without changing what the study selected (module docstring); (None, None, why not) otherwise."""
+    without changing what the study selected (module docstring); otherwise (the method whose tuning ran it, or None
+    for a run no tuning visited, None, why not)."""
     from .report import read_results, run_metrics
 
     results = read_results(out / "results.json")
@@ -173,13 +182,13 @@ def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[str | None, d
         before = replay_tuning(results, method, metrics)
         after = replay_tuning(results, method, {**metrics, run_dir.name: files.read_json(new_dir / "metrics.json")})
     except _Unrecorded as err:
-        return None, None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
+        return method, None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
     if _visited(before) != _visited(recorded) or any(before.get(k) != recorded.get(k) for k in SELECTION):
-        return None, None, ("replaying the study's tuning on its recorded runs does not give back its results.json "
-                            "record")
+        return method, None, ("replaying the study's tuning on its recorded runs does not give back its results.json "
+                              "record")
     changed = [k for k in SELECTION if after.get(k) != recorded.get(k)]
     if _visited(after) != _visited(recorded) or changed:
-        return None, None, "with the re-trained values the tuning would change: " + (", ".join(
+        return method, None, "with the re-trained values the tuning would change: " + (", ".join(
             f"{k} {recorded.get(k)!r} -> {after.get(k)!r}" for k in changed) or "the configurations it tries")
     return method, after, ""
 
@@ -193,6 +202,11 @@ def _replace(out: Path, run_dir: Path, new_dir: Path, method: str, tuning: dict)
     results = read_results(out / "results.json")
     results["tuning"][method] = tuning
     files.write_json(out / "results.json", results)
+    _swap(run_dir, new_dir)
+
+
+def _swap(run_dir: Path, new_dir: Path) -> None:
+    """The run in ``new_dir`` into ``run_dir``'s place (the old one deleted once the new one is in)."""
     retired = new_dir.with_name(new_dir.name + ".old")
     shutil.rmtree(retired, ignore_errors=True)
     os.rename(run_dir, retired)
@@ -201,14 +215,15 @@ def _replace(out: Path, run_dir: Path, new_dir: Path, method: str, tuning: dict)
 
 
 def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bool = False,
-             show_progress: bool = True, replace: bool = False) -> dict:
+             show_progress: bool = True, replace: bool = False, retune: bool = False) -> dict:
     """Re-train the finished runs of the study in ``out`` that lack the forgetting measures, ``jobs`` at a time
     (at most ``limit`` this time), and add each re-training's measures to its run where it reproduces the run.
     Returns the record also written to ``out/backfill.json``: ``{"runs": {folder: {"status": "added" |
     "not reproduced" | "failed", ...}}}``, plus this call's ``added`` / ``not_reproduced`` / ``failed`` lists and
     the runs ``left`` without the measures. ``replace``: a tuning run that does not reproduce is replaced by its
     re-training where the study's selection stands (status ``replaced``), and retried even if recorded as not
-    reproduced."""
+    reproduced. ``retune``: also where it does not (status ``retuned``), and then the study's command runs again
+    (module docstring); the return value then also holds ``retired``, the run folders moved out of its way."""
     out = Path(out)
     if not (out / "runs").is_dir():
         raise ValueError(f"out must be a study folder with a runs/ folder inside, got {str(out)!r}")
@@ -216,7 +231,10 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    replace = replace or retune
     record_path = out / RECORD_FILE
+    if retune:  # the study must be re-runnable from its record before anything is re-trained
+        _study_arguments(out)
     with FolderLock(out):
         record = files.read_json(record_path) if record_path.exists() else {"runs": {}}
         todo = [run_dir for run_dir in sorted(p for p in (out / "runs").iterdir() if p.is_dir())
@@ -230,7 +248,7 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
             shutil.rmtree(work)
         work.mkdir()
         lock = threading.Lock()
-        outcome = {"added": [], "not_reproduced": [], "failed": [], "replaced": []}
+        outcome = {"added": [], "not_reproduced": [], "failed": [], "replaced": [], "retuned": []}
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
         def one(run_dir: Path) -> None:
@@ -254,12 +272,16 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
                     if tuning is not None:
                         _replace(out, run_dir, new_dir, method, tuning)
                         entry["status"] = "replaced"
+                    elif retune and method is not None:
+                        _swap(run_dir, new_dir)  # results.json is stale until the study's command runs below
+                        entry.update(status="retuned", retuned_because=why)
                     else:
                         entry["not_replaced"] = why
                 record["runs"][run_dir.name] = entry
                 files.write_json(record_path, record)
                 outcome[entry["status"].replace(" ", "_")].append(run_dir.name)
-                said = (entry.get("not_replaced") or entry.get("differences", [entry.get("error", "")])[0])[-200:]
+                said = (entry.get("not_replaced") or entry.get("retuned_because")
+                        or entry.get("differences", [entry.get("error", "")])[0])[-200:]
                 print(f"{run_dir.name:<34} {entry['status']}" + (f": {said}" if said else ""), flush=True)
             shutil.rmtree(new_dir, ignore_errors=True)
 
@@ -277,5 +299,53 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
                     one(run_dir)
                     bar.update()
         shutil.rmtree(work, ignore_errors=True)
+    # a retuned run whose study never ran again (this call's, or one a stop interrupted) leaves results.json stale
+    pending = [k for k, v in record["runs"].items() if v["status"] == "retuned" and "retired" not in v]
+    if retune and pending:
+        outcome["retired"], outcome["study"] = _rerun_study(out, record, pending, jobs, show_progress)
     left = [p.name for p in sorted((out / "runs").iterdir()) if p.is_dir() and missing_measures(p)]
     return {**record, **outcome, "left": left}
+
+
+def _study_arguments(out: Path) -> dict:
+    """:func:`.study.compare`'s arguments for the study results.json records (a ``ValueError`` naming what is
+    missing when it is not a tuned study's record)."""
+    from .report import read_results
+
+    if not (out / "results.json").is_file():
+        raise ValueError(f"retune needs the study's results.json (compare --tune-lr), and {out} has none")
+    results = read_results(out / "results.json")
+    missing = [k for k in ("task", "model", "scale", "seeds", "methods", "r", "protocol") if k not in results]
+    if missing or results["protocol"] != "tuned":
+        raise ValueError(f"retune needs a tuned study's results.json (compare --tune-lr); {out / 'results.json'} "
+                         f"has protocol {results.get('protocol')!r}" + (f", no {missing}" if missing else ""))
+    return {"task_name": results["task"], "model_name": results["model"], "scale": results["scale"],
+            "seeds": results["seeds"], "methods": tuple(results["methods"]), "r": results["r"], "tune": True,
+            "command": results.get("command"), "exploratory": results.get("exploratory")}
+
+
+def _rerun_study(out: Path, record: dict, retuned: list[str], jobs: int, show_progress: bool) -> tuple[list, dict]:
+    """Run the study's command again over its folder (it trains what the retuned runs' values now lead its tuning
+    to), then move the runs its new results.json no longer uses to ``FOLDER/retired/``. Returns (the retired
+    folders, the new results)."""
+    from .report import read_results
+    from .study import compare
+
+    def used(results: dict) -> set[str]:
+        return ({r["folder"] for r in results["runs"] if r.get("folder")}
+                | {f for t in (results.get("tuning") or {}).values() for f in _visited(t)})
+
+    before = used(read_results(out / "results.json"))
+    results = compare(out=out, show_progress=show_progress, jobs=jobs, **_study_arguments(out))
+    if results["failed"]:  # not done: the next call runs the study again (the retuned runs stay pending)
+        return [], results
+    retired = sorted(before - used(results))
+    for name in retired:
+        if (out / "runs" / name).is_dir():
+            (out / RETIRED_FOLDER).mkdir(exist_ok=True)
+            shutil.rmtree(out / RETIRED_FOLDER / name, ignore_errors=True)
+            os.rename(out / "runs" / name, out / RETIRED_FOLDER / name)
+    for name in retuned:
+        record["runs"][name]["retired"] = retired  # what this re-tuning moved out, said beside why it ran
+    files.write_json(out / RECORD_FILE, record)
+    return retired, results

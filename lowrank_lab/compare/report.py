@@ -453,19 +453,32 @@ def readme_folders(text: str) -> list[str]:
 def backfill_line(folder: Path) -> str:
     """What ``backfill`` did to a study's tuning runs, from its ``backfill.json`` ("" when it never ran there): how
     many got the forgetting measures from a reproducing re-training, how many were replaced by their re-training (the
-    values in the tuning table are then the re-training's), and which could not be, with why."""
-    from .backfill import RECORD_FILE
+    values in the tuning table are then the re-training's), which were re-tuned (replaced although the selection
+    moved, the study then run again) and which could not be, with why."""
+    from .backfill import RECORD_FILE, RETIRED_FOLDER
 
     path = Path(folder) / RECORD_FILE
     if not path.exists():
         return ""
     runs = files.read_json(path)["runs"]
-    by = {s: sorted(k for k, v in runs.items() if v["status"] == s) for s in ("added", "replaced", "not reproduced")}
-    kinds = sorted({v.get("cpu_capability") or "not recorded" for v in runs.values() if v["status"] == "replaced"})
+    by = {s: sorted(k for k, v in runs.items() if v["status"] == s)
+          for s in ("added", "replaced", "retuned", "not reproduced")}
+    kinds = sorted({v.get("cpu_capability") or "not recorded" for v in runs.values()
+                    if v["status"] in ("replaced", "retuned")})
     line = (f"Forgetting measures for the tuning runs (`backfill`): {len(by['added'])} re-trained runs reproduced "
             f"theirs and lent them their measures; {len(by['replaced'])} did not reproduce and were replaced by the "
             f"re-training ({', '.join(kinds) or '—'}), their values above, because the tuning replayed with them "
             f"selects exactly what it selected")
+    if by["retuned"]:
+        retired = sorted({name for k in by["retuned"] for name in runs[k].get("retired", [])})
+        line += ("; re-tuned (`backfill --retune`: replaced by the re-training although the selection moved, then the "
+                 "study's command ran again and trained what the new selection needs, the table above is that "
+                 "tuning's): " + "; ".join(f"{k} ({runs[k].get('retuned_because', '')})" for k in by["retuned"])
+                 + (f"; the runs the study no longer uses are kept in `{RETIRED_FOLDER}/`: {', '.join(retired)}"
+                    if retired else ""))
+        pending = [k for k in by["retuned"] if "retired" not in runs[k]]
+        if pending:
+            line += f"; **the study has not run again since {', '.join(pending)} took its folder**: its tables are stale"
     if by["not reproduced"]:
         line += ("; not reproduced and kept as they were, without the measures: " + "; ".join(
             f"{k} ({runs[k].get('not_replaced') or 'the re-training differs'})" for k in by["not reproduced"]))
