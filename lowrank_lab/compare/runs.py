@@ -21,10 +21,19 @@ import math
 import os
 import shlex
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from lowrank_lab import experiment, files, recipes, registry
+
+_SAY = threading.Lock()  # one line at a time: print writes a line and its newline apart, and runs finish together
+
+
+def _say(line: str) -> None:
+    with _SAY:
+        print(line, flush=True)
+
 
 RUN_STATUSES = ("ok", "diverged", "failed")
 PREDICTIONS_FILE = "predictions.json"
@@ -274,7 +283,7 @@ class RunPool:
             if why != "not run yet":
                 note = f"{key.folder}: re-running: {why}"
                 self.notes.append(note)
-                print(note)
+                _say(note)
             threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
             self.trained.add(key)  # a set: the worker threads may add at once
             with self._slots:
@@ -293,10 +302,10 @@ class RunPool:
             metrics["intruders"] = {k: v for k, v in metrics["intruders"].items() if k != "per_layer"}
         metrics.setdefault("status", "ok")
         if metrics["status"] == "ok":
-            print(f"{key.folder:<34} validation {metrics['metric']} = {metrics['metric_value']:.4f}  "
-                  f"({metrics['trainable_params']:,} trainable, {metrics['median_step_time_s']:.3f} s/step)")
+            _say(f"{key.folder:<34} validation {metrics['metric']} = {metrics['metric_value']:.4f}  "
+                 f"({metrics['trainable_params']:,} trainable, {metrics['median_step_time_s']:.3f} s/step)")
         else:
-            print(f"{key.folder:<34} {metrics['status'].upper()}: {str(metrics.get('error'))[-300:]}")
+            _say(f"{key.folder:<34} {metrics['status'].upper()}: {str(metrics.get('error'))[-300:]}")
         return metrics
 
     def get(self, keys, need_predictions: bool = True) -> list[dict]:
