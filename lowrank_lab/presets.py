@@ -55,8 +55,8 @@ TUNED_RATES = {
     "trec": {
         "results": "results/study-trec-minilm-cpu/results.json",
         "command": "python -m lowrank_lab compare --task trec --scale cpu --seeds 5 --tune-lr --jobs 2 --out results/study-trec-minilm-cpu --quiet",
-        "lr": {"bat": 0.002, "bone": 0.002, "dora": 0.005, "full": 0.0001, "gelora": 0.002, "lora": 0.005, "lora-pro": 0.002, "lora-pro-efficient": 0.005, "rslora": 0.001, "xgblora": 0.02},
-        "options": {},
+        "lr": {"bat": 0.002, "bone": 0.002, "dora": 0.005, "full": 0.0001, "gelora": 0.002, "lora": 0.005, "lora-pro": 0.002, "lora-pro-efficient": 0.005, "rslora": 0.001, "xgblora": 0.01},
+        "options": {"xgblora": {"blocks_per_round": 6, "steps_per_round": 16}},
     },
     "sentiment": {
         "results": "results/study-sentiment-minilm-cpu/results.json",
