@@ -218,6 +218,21 @@ def test_retune_replaces_a_run_the_selection_moves_for_and_runs_the_study_again(
     assert backfill(out, show_progress=False, retune=True)["retuned"] == []  # done: a second call trains nothing
 
 
+def test_a_retune_a_stop_interrupted_runs_the_study_on_the_next_call(tuned_study, tmp_path, compare_in_process):
+    out = tmp_path / "study"
+    shutil.copytree(tuned_study, out)
+    before = files.read_json(out / "results.json")
+    folder = before["tuning"]["lora"]["lr_grid"][0]["folder"]
+    # stopped after the swap, before the study ran again: the record says retuned, nothing says what was retired
+    files.write_json(out / RECORD_FILE, {"runs": {folder: {"status": "retuned", "retuned_because": "a test"}}})
+    done = backfill(out, show_progress=False, retune=True)
+    assert done["retuned"] == [] and done["retired"] == [] and not done["study"]["failed"]
+    assert files.read_json(out / RECORD_FILE)["runs"][folder]["retired"] == []  # done now: not run a third time
+    after = files.read_json(out / "results.json")
+    assert after["tuning"] == before["tuning"] and [r["folder"] for r in after["runs"]] == [
+        r["folder"] for r in before["runs"]]
+
+
 def test_retune_refuses_a_study_it_cannot_run_again_before_training(old_study, tmp_path):
     out, run_dir = copy_of(old_study, tmp_path)
     with pytest.raises(ValueError, match="retune needs the study's results.json"):
