@@ -41,6 +41,7 @@ from pathlib import Path
 
 from lowrank_lab import files
 
+from .report import read_results, run_metrics, study_folders, tuning_folders
 from .runs import FolderLock, _recorded, _train_in_subprocess
 
 RECORD_FILE = "backfill.json"
@@ -147,10 +148,6 @@ class _RecordedPool:
 SELECTION = ("lr_selected", "knobs_selected", "cliff", "edge", "configurations")
 
 
-def _visited(tuning: dict) -> list[str]:
-    return [e["folder"] for e in (*tuning.get("lr_grid", []), *tuning.get("knob_grid", []))]
-
-
 def replay_tuning(results: dict, method: str, metrics: dict[str, dict]) -> dict:
     """``method``'s tuning as ``compare --tune-lr`` makes it (:func:`.tuning.tune_method`), over the runs in
     ``metrics`` (folder name -> metrics.json) instead of training them. Raises :class:`_Unrecorded` when it asks for
@@ -170,10 +167,8 @@ def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[str | None, d
     """(the method, its new tuning record, "") when the re-trained run in ``new_dir`` may replace ``run_dir``
     without changing what the study selected (module docstring); otherwise (the method whose tuning ran it, or None
     for a run no tuning visited, None, why not)."""
-    from .report import read_results, run_metrics
-
     results = read_results(out / "results.json")
-    method = next((m for m, t in (results.get("tuning") or {}).items() if run_dir.name in _visited(t)), None)
+    method = next((m for m, t in (results.get("tuning") or {}).items() if run_dir.name in tuning_folders(t)), None)
     if method is None:
         return None, None, "not a tuning run of this study's results.json (a reported run is never replaced)"
     recorded = results["tuning"][method]
@@ -183,11 +178,11 @@ def _replacement(out: Path, run_dir: Path, new_dir: Path) -> tuple[str | None, d
         after = replay_tuning(results, method, {**metrics, run_dir.name: files.read_json(new_dir / "metrics.json")})
     except _Unrecorded as err:
         return method, None, f"with the re-trained values the tuning would try {err.args[0]}, which it never ran"
-    if _visited(before) != _visited(recorded) or any(before.get(k) != recorded.get(k) for k in SELECTION):
+    if tuning_folders(before) != tuning_folders(recorded) or any(before.get(k) != recorded.get(k) for k in SELECTION):
         return method, None, ("replaying the study's tuning on its recorded runs does not give back its results.json "
                               "record")
     changed = [k for k in SELECTION if after.get(k) != recorded.get(k)]
-    if _visited(after) != _visited(recorded) or changed:
+    if tuning_folders(after) != tuning_folders(recorded) or changed:
         return method, None, "with the re-trained values the tuning would change: " + (", ".join(
             f"{k} {recorded.get(k)!r} -> {after.get(k)!r}" for k in changed) or "the configurations it tries")
     return method, after, ""
@@ -197,8 +192,6 @@ def _replace(out: Path, run_dir: Path, new_dir: Path, method: str, tuning: dict)
     """The method's tuning record into results.json, then the re-trained run into ``run_dir``'s place. In this
     order a stop in between is loud, never silent: the old run still lacks the measures, so the next call re-trains
     it, and its replay on the recorded runs no longer gives back results.json's record, which it then says."""
-    from .report import read_results
-
     results = read_results(out / "results.json")
     results["tuning"][method] = tuning
     files.write_json(out / "results.json", results)
@@ -310,8 +303,6 @@ def backfill(out: str | Path, jobs: int = 1, limit: int | None = None, retry: bo
 def _study_arguments(out: Path) -> dict:
     """:func:`.study.compare`'s arguments for the study results.json records (a ``ValueError`` naming what is
     missing when it is not a tuned study's record)."""
-    from .report import read_results
-
     if not (out / "results.json").is_file():
         raise ValueError(f"retune needs the study's results.json (compare --tune-lr), and {out} has none")
     results = read_results(out / "results.json")
@@ -328,18 +319,13 @@ def _rerun_study(out: Path, record: dict, retuned: list[str], jobs: int, show_pr
     """Run the study's command again over its folder (it trains what the retuned runs' values now lead its tuning
     to), then move the runs its new results.json no longer uses to ``FOLDER/retired/``. Returns (the retired
     folders, the new results)."""
-    from .report import read_results
     from .study import compare
 
-    def used(results: dict) -> set[str]:
-        return ({r["folder"] for r in results["runs"] if r.get("folder")}
-                | {f for t in (results.get("tuning") or {}).values() for f in _visited(t)})
-
-    before = used(read_results(out / "results.json"))
+    before = study_folders(read_results(out / "results.json"))
     results = compare(out=out, show_progress=show_progress, jobs=jobs, **_study_arguments(out))
     if results["failed"]:  # not done: the next call runs the study again (the retuned runs stay pending)
         return [], results
-    retired = sorted(before - used(results))
+    retired = sorted(before - study_folders(results))
     for name in retired:
         if (out / "runs" / name).is_dir():
             (out / RETIRED_FOLDER).mkdir(exist_ok=True)

@@ -420,17 +420,27 @@ def study_compute(folder: Path, metrics: dict[str, dict] | None = None) -> tuple
     return len(times), sum(times)
 
 
+def tuning_folders(tuning: dict) -> list[str]:
+    """The run folders one method's tuning record visited, in its order: the rates, then the knobs."""
+    return [c["folder"] for c in (*tuning.get("lr_grid", []), *tuning.get("knob_grid", [])) if c.get("folder")]
+
+
+def study_folders(results: dict) -> set[str]:
+    """Every run folder a study's results.json uses: its reported runs and its tuning configurations."""
+    return ({run["folder"] for run in results.get("runs", []) if run.get("folder")}
+            | {f for t in (results.get("tuning") or {}).values() for f in tuning_folders(t)})
+
+
 def unrecorded_runs(results: dict, folder: Path, metrics: dict[str, dict] | None = None) -> tuple[list[str], list[str]]:
     """Run folders of a study that its results.json does not account for: (folders it does not list, as a reported
     run or a tuning configuration; listed reported runs whose metrics.json differs from the copy results.json
     holds). Either is a rerun in progress (or a folder left over from one): the tables are results.json's, not
     theirs. ``metrics``: the folder's :func:`run_metrics`, when already read."""
     listed = {run["folder"]: run for run in results.get("runs", []) if run.get("folder")}
-    tuned = {c["folder"] for t in (results.get("tuning") or {}).values()
-             for c in (*t.get("lr_grid", []), *t.get("knob_grid", [])) if c.get("folder")}
+    used = study_folders(results)
     new, changed = [], []
     for name, recorded in (run_metrics(folder) if metrics is None else metrics).items():
-        if name not in listed and name not in tuned:
+        if name not in used:
             new.append(name)
         elif name in listed and any(recorded.get(key) != listed[name].get(key)
                                     for key in ("test", "validation", "wall_time_s")):
@@ -478,7 +488,8 @@ def backfill_line(folder: Path) -> str:
                     if retired else ""))
         pending = [k for k in by["retuned"] if "retired" not in runs[k]]
         if pending:
-            line += f"; **the study has not run again since {', '.join(pending)} took its folder**: its tables are stale"
+            line += (f"; **the study has not run again since {', '.join(pending)} took its folder**: its tables "
+                     f"are stale")
     if by["not reproduced"]:
         line += ("; not reproduced and kept as they were, without the measures: " + "; ".join(
             f"{k} ({runs[k].get('not_replaced') or 'the re-training differs'})" for k in by["not reproduced"]))
