@@ -61,7 +61,7 @@ TUNED_RATES = {
     "sentiment": {
         "results": "results/study-sentiment-minilm-cpu/results.json",
         "command": "python -m lowrank_lab compare --task sentiment --scale cpu --seeds 5 --tune-lr --jobs 2 --out results/study-sentiment-minilm-cpu --quiet",
-        "lr": {"bat": 0.001, "bone": 0.001, "dora": 0.002, "full": 0.0002, "gelora": 0.002, "lora": 0.002, "lora-pro": 0.0005, "lora-pro-efficient": 0.002, "rslora": 0.001, "xgblora": 0.02},
+        "lr": {"bat": 0.001, "bone": 0.002, "dora": 0.002, "full": 0.0002, "gelora": 0.002, "lora": 0.002, "lora-pro": 0.0005, "lora-pro-efficient": 0.002, "rslora": 0.001, "xgblora": 0.02},
         "options": {},
     },
 }
